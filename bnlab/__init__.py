@@ -1,0 +1,1 @@
+"""bnlab: a reproducible replication of the batch-normalization literature's empirical claims."""

@@ -1,0 +1,48 @@
+"""Read run directories from disk into tidy pandas tables; wandb is never needed.
+
+`runs(sweep_dir)`: one row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...),
+the summary (status, accuracies, steps/s, ...) and `path`. A directory without a readable summary is a
+run that was interrupted and is reported as `incomplete`, never dropped.
+"""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from bnlab.runlog import read_jsonl
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "claims":
+            out.update(_flatten(v, key + "."))
+        elif k != "claims":
+            out[key] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def runs(sweep_dir: str | Path) -> pd.DataFrame:
+    rows = []
+    for cfg_path in sorted(Path(sweep_dir).glob("*/config.yaml")):
+        run_dir = cfg_path.parent
+        row = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))  # type: ignore[arg-type]
+        try:
+            summary = json.loads((run_dir / "summary.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            summary = {"status": "incomplete"}
+        row.update({f"summary.{k}" if k in row else k: v for k, v in summary.items()})
+        row["path"] = str(run_dir)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metrics(run_path: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(read_jsonl(Path(run_path) / "metrics.jsonl"))
+
+
+def activations(run_path: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(read_jsonl(Path(run_path) / "activations.jsonl"))

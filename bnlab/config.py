@@ -1,0 +1,120 @@
+"""The config schema: every key bnlab accepts, its type and its default.
+
+Hydra checks the composed YAML against these dataclasses, so `optim.lr=abc` or a misspelt key is an
+error at start-up. `validate()` then checks what a type cannot express (names in registries, ranges).
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Paths in configs are anchored here, never at the working directory.
+OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # mnist | cifar10
+    root: str = "${oc.env:BNLAB_DATA,${repo_root:}/data}"
+    download: bool = True  # tried only when the files are missing; fails cleanly offline
+    verify: bool = "${oc.env:BNLAB_DATA_VERIFY,true}"  # type: ignore[assignment]  # torchvision's md5 check (CIFAR); false accepts a rebuilt copy, with a warning
+    preprocess: str = "unit"  # unit: pixels/255 | standardize: per-channel z-score | binarize: >0.5
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "mlp"  # mlp | cnn
+    depth: int = 3  # hidden layers (mlp)
+    width: int = 100  # units per hidden layer (mlp)
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: one conv stage each, 2x2 pool after
+    activation: str = "sigmoid"  # sigmoid | relu | tanh | identity
+    init: str = "normal"  # normal: N(0, init_std) | xavier | kaiming | default (torch's own)
+    init_std: float = 0.1
+    dropout: float = 0.0  # after each hidden nonlinearity
+
+
+@dataclass
+class NormConfig:
+    name: str = "none"  # a key of bnlab.norms.NORMALIZERS
+    eps: float = 1e-5
+    momentum: float = 0.1  # running-statistics update rate (torch convention)
+    affine: bool = True  # learn gamma and beta
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000  # the papers count steps, not epochs
+    batch_size: int = 60
+    eval_every: int = 500  # full test set, eval mode
+    probe_every: int = 500  # activation percentiles on a fixed training batch
+    probe_size: int = 500
+    probe_units: int = 3  # units 0..k-1 of every hidden layer get their own percentiles
+    hist_bins: int = 24
+    hist_range: float = 6.0  # histogram over [-r, r]; mass outside is counted separately
+    diverge_factor: float = 10.0  # interval-mean training loss above factor x initial loss = diverged
+    checkpoint_every: int = 5000
+    progress: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online; chosen once, never retried in another mode
+    project: str = "bnlab"
+
+
+@dataclass
+class Claim:
+    source: str = MISSING  # paper, section, figure
+    statement: str = MISSING  # the criterion in words, fixed before the run
+    paper: str = ""  # the paper's own number
+    threshold: float = MISSING
+    direction: str = "ge"  # ge: measured >= threshold passes | le: measured <= threshold passes
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    experiment: str = "adhoc"  # names the sweep directory and the report section
+    scale: str = "cpu"  # smoke | cpu | paper, set by the scale group
+    seed: int = 0
+    threads: int = 1  # one thread per job is fastest here; results are bitwise only at a fixed count
+    device: str = "cpu"
+    out_root: str = "${repo_root:}/results/runs"
+    claims: dict[str, Claim] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+# Keys that say where or how a run executes, not what it computes: they never change its identity.
+NON_SEMANTIC = ("data.root", "data.download", "trainer.progress", "wandb", "out_root", "claims", "experiment")
+
+
+def run_identity(cfg: DictConfig) -> str:
+    """A hash of everything that determines a run's numbers; a finished run is reused only if it matches."""
+    d: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    d.pop("hydra", None)
+    for key in NON_SEMANTIC:
+        head, _, tail = key.partition(".")
+        if tail:
+            d.get(head, {}).pop(tail, None)
+        else:
+            d.pop(head, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

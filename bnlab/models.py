@@ -1,0 +1,88 @@
+"""The two model families: a fully connected MLP and a VGG-style CNN.
+
+Both are a stack of `Block`s (linear map -> normaliser -> nonlinearity -> dropout) and a linear head.
+The block's `norm` output is the nonlinearity's input, the quantity Ioffe's Fig. 1(b,c) plots; the
+probes read it there with a forward hook.
+"""
+
+import math
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from bnlab.norms import NORMALIZERS, NORMALIZERS_WITH_SHIFT
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
+ARCHS = ("mlp", "cnn")
+INITS = ("normal", "xavier", "kaiming", "default")
+
+
+class Block(nn.Module):
+    def __init__(self, linear: nn.Module, norm: nn.Module, act: nn.Module, dropout: float):
+        super().__init__()
+        self.linear, self.norm, self.act = linear, norm, act
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.act(self.norm(self.linear(x))))
+
+
+class Net(nn.Module):
+    """`blocks` (hidden layers, in order) then `head`; `pool` after a block where the plan asks for it."""
+
+    def __init__(self, blocks: list[Block], head: nn.Module, pool_after: set[int]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.head = head
+        self.pool_after = pool_after
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pool_after:  # an MLP sees the image as one vector
+            x = x.flatten(1)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.pool_after:
+                x = self.pool(x)
+        return self.head(x.flatten(1))
+
+
+def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
+    if cfg.init == "default":
+        return
+    w = layer.weight
+    if cfg.init == "normal":  # Ioffe §4.1: "small random Gaussian values"
+        nn.init.normal_(w, 0.0, cfg.init_std)
+    elif cfg.init == "xavier":  # Santurkar App. A: "standard Glorot initialization"
+        nn.init.xavier_normal_(w)
+    elif cfg.init == "kaiming":
+        nn.init.kaiming_normal_(w, nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int, ...], classes: int) -> Net:
+    act_cls = ACTIVATIONS[model_cfg.activation]
+    bias = norm_cfg.name not in NORMALIZERS_WITH_SHIFT
+    make_norm = NORMALIZERS[norm_cfg.name]
+    blocks: list[Block] = []
+    if model_cfg.arch == "mlp":
+        fan_in = math.prod(in_shape)
+        for _ in range(model_cfg.depth):
+            lin = nn.Linear(fan_in, model_cfg.width, bias=bias)
+            blocks.append(Block(lin, make_norm(model_cfg.width, False, norm_cfg), act_cls(), model_cfg.dropout))
+            fan_in = model_cfg.width
+        pool_after: set[int] = set()
+    else:
+        c, h, w = in_shape
+        for ch in model_cfg.channels:
+            conv = nn.Conv2d(c, ch, kernel_size=3, padding=1, bias=bias)
+            blocks.append(Block(conv, make_norm(ch, True, norm_cfg), act_cls(), model_cfg.dropout))
+            c, h, w = ch, h // 2, w // 2
+        pool_after = set(range(len(blocks)))
+        fan_in = c * h * w
+    head = nn.Linear(fan_in, classes)
+    for layer in [b.linear for b in blocks] + [head]:
+        _init_linear(layer, model_cfg)
+    return Net(blocks, head, pool_after)

@@ -1,0 +1,61 @@
+"""One figure style for every experiment, and the few plotting helpers they share."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bnlab.runlog import atomic_write_bytes  # noqa: E402
+
+# One colour per normaliser, the same in every figure.
+COLORS = {"none": "#444444", "batch": "#1f77b4", "noisy_batch": "#9467bd", "layer": "#2ca02c",
+          "group": "#17becf", "batch_renorm": "#ff7f0e", "lp1": "#8c564b", "lp2": "#e377c2",
+          "lpinf": "#bcbd22"}
+LABELS = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN", "layer": "LayerNorm",
+          "group": "GroupNorm", "batch_renorm": "BatchRenorm", "lp1": "ℓ1 norm", "lp2": "ℓ2 norm",
+          "lpinf": "ℓ∞ norm"}
+
+plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
+                     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False})
+
+
+def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.6, height: float = 2.8, **kw):
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+
+
+def save(fig, path: Path) -> str:
+    """Write PNG and PDF (vector) atomically; returns the PNG path for linking."""
+    import io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+        atomic_write_bytes(path.with_suffix(f".{ext}"), buf.getvalue())
+    plt.close(fig)
+    return str(path.with_suffix(".png"))
+
+
+def band(ax, curves: list[pd.DataFrame], x: str, y: str, color: str, label: str, **kw) -> None:
+    """Median over seeds as a line, min-max over seeds as a shaded band (curves aligned on x)."""
+    if not curves:
+        return
+    table = pd.concat([c.set_index(x)[y].rename(i) for i, c in enumerate(curves)], axis=1).sort_index()
+    xs = table.index.to_numpy()
+    ax.plot(xs, table.median(axis=1), color=color, label=label, **kw)
+    ax.fill_between(xs, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
+
+
+def median_range(values) -> str:
+    """'median [min, max] (n)' over seeds, the way every number in the report is quoted."""
+    v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return "n/a"
+    big = np.abs(v[np.isfinite(v)]).max(initial=0) >= 1e4
+    fmt = (lambda a: f"{a:.3e}") if big else (lambda a: f"{a:.3g}")
+    return f"{fmt(np.median(v))} [{fmt(v.min())}, {fmt(v.max())}] (n={len(v)})"

@@ -1,0 +1,149 @@
+"""Turn run directories into figures, tables and results/REPORT.md, one verdict per claim.
+
+  python -m bnlab.report [--scale cpu]
+
+For each experiment config (configs/experiment/<name>.yaml) with runs on disk, `experiments.<name>.analyze`
+measures each claim that config declares. The verdict is mechanical, from the criterion written in the
+config before any run:
+  reproduced      the median over seeds meets the criterion, and so does every seed
+  partly          the median meets it, at least one seed does not
+  not reproduced  the median does not meet it
+"""
+
+import argparse
+import importlib
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from bnlab import collect
+from bnlab.config import REPO_ROOT
+from bnlab.runlog import atomic_write_text, environment
+
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+@dataclass
+class Finding:
+    claim: str  # a key of the experiment config's `claims`
+    values: list[float]  # the measured quantity, one value per seed (or per independent replicate)
+    detail: str = ""  # what was measured, in words and numbers
+    figure: str = ""  # path of the figure that shows it
+
+
+@dataclass
+class Context:
+    """What an experiment's analysis gets: its runs, its config and where to put figures and tables."""
+
+    name: str
+    cfg: DictConfig
+    runs: pd.DataFrame
+    out_dir: Path
+    tables: list[str] = field(default_factory=list)
+
+    def figure_path(self, stem: str) -> Path:
+        return self.out_dir / "figures" / f"{self.name}_{stem}"
+
+    def write_table(self, stem: str, table: pd.DataFrame, caption: str) -> None:
+        path = self.out_dir / "tables" / f"{self.name}_{stem}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path.with_suffix(".csv"), table.to_csv(index=False))
+        self.tables.append(f"**{caption}** (`{path.with_suffix('.csv').relative_to(self.out_dir)}`)\n\n"
+                           + table.to_markdown(index=False))
+
+
+def passes(value: float, threshold: float, direction: str) -> bool:
+    return value >= threshold if direction == "ge" else value <= threshold
+
+
+def verdict(values: list[float], threshold: float, direction: str) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "not measured"
+    if not passes(statistics.median(vals), threshold, direction):
+        return "not reproduced"
+    return "reproduced" if all(passes(v, threshold, direction) for v in vals) else "partly"
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+def experiment_config(name: str, scale: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"experiment={name}", f"scale={scale}"])
+
+
+def _fmt_values(values: list[float]) -> str:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    med = statistics.median(vals)
+    return f"{med:.3g} [{min(vals):.3g}, {max(vals):.3g}] (n={len(vals)})"
+
+
+def build_report(scale: str, out_dir: Path) -> str:
+    rows, sections, all_runs = [], [], []
+    for name in experiment_names():
+        cfg = experiment_config(name, scale)
+        sweep_dir = Path(cfg.out_root) / scale / name
+        runs = collect.runs(sweep_dir)
+        findings: list[Finding] = []
+        ctx = Context(name, cfg, runs, out_dir)
+        if len(runs):
+            all_runs.append(runs.assign(experiment=name))
+            findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
+        by_claim = {f.claim: f for f in findings}
+        for claim_id, claim in cfg.claims.items():
+            f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
+            op = "≥" if claim.direction == "ge" else "≤"
+            fig = f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else ""
+            rows.append({"claim": f"**{claim_id}** {claim.statement}", "source": claim.source,
+                         "paper": claim.paper, "criterion": f"{op} {claim.threshold:g}",
+                         "measured: median [min, max]": _fmt_values(f.values),
+                         "verdict": verdict(f.values, claim.threshold, claim.direction), "figure": fig})
+            if f.detail:
+                sections.append(f"- **{claim_id}**: {f.detail}")
+        sections.extend(ctx.tables)
+        if len(runs):
+            bad = runs[runs.status.isin(["failed", "incomplete"])]
+            counts = runs.status.value_counts().to_dict()
+            sections.append(f"Runs of `{name}` on disk: {counts}."
+                            + "".join(f"\n  - {s}: `{p}`" for s, p in zip(bad.status, bad.path, strict=True)))
+    table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
+    if len(table):
+        atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))
+    env = environment()
+    header = (f"# bnlab report (scale `{scale}`)\n\nGenerated by `python -m bnlab.report --scale {scale}` from the "
+              f"run directories under `results/runs/{scale}/`; every number below comes from those files.\n"
+              f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}, "
+              f"git {env['git_sha'][:10]}. Numbers are median [min, max] over seeds (n = number of values).\n\n"
+              "Verdicts: *reproduced* = the median over seeds meets the criterion fixed in the experiment "
+              "config before the runs, and so does every seed; *partly* = the median meets it but some seed "
+              "does not; *not reproduced* = the median does not.\n\n")
+    body = pd.DataFrame(rows).to_markdown(index=False) if rows else "(no claims)"
+    return header + "## Claims\n\n" + body + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n"
+
+
+def report_dir(scale: str) -> Path:
+    return REPO_ROOT / "results" if scale == "cpu" else REPO_ROOT / "results" / scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="cpu", help="which profile's runs to report (smoke | cpu | paper)")
+    args = parser.parse_args()
+    out_dir = report_dir(args.scale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = build_report(args.scale, out_dir)
+    atomic_write_text(out_dir / "REPORT.md", text)
+    print(f"[bnlab] wrote {out_dir / 'REPORT.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""One run's directory on disk, and the optional wandb mirror of it.
+
+Layout of a run directory:
+  config.yaml        the resolved config
+  metrics.jsonl      one row per evaluation (step, train/test loss and accuracy, steps/s)
+  activations.jsonl  one row per (probe step, hidden layer): percentiles, moments, histogram
+  checkpoint.pt      while the run is unfinished: everything needed to resume bitwise
+  summary.json       written last; its presence with status finished/diverged marks the run as done
+  error.txt          the traceback, if the run failed
+Every file is written under a temporary name and renamed, so a kill never leaves a truncated one.
+"""
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+
+from bnlab.config import REPO_ROOT
+
+DONE = ("finished", "diverged")  # a run with either status is never retrained
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    return {
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "git_sha": git_sha(),
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill; everything after the checkpoint is redone anyway
+            break
+    return rows
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.summary_path = self.path / "summary.json"
+        self.checkpoint_path = self.path / "checkpoint.pt"
+
+    def summary(self) -> dict | None:
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def is_done(self, identity: str) -> bool:
+        s = self.summary()
+        return bool(s) and s.get("status") in DONE and s.get("identity") == identity
+
+    def prepare(self, cfg: DictConfig) -> None:
+        """Make the directory writable and drop what a different or failed earlier attempt left."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(f"cannot write the run directory {self.path} ({e.strerror}); "
+                                  "choose a writable out_root=/path or hydra.run.dir=/path") from None
+        for stale in ("summary.json", "error.txt"):
+            (self.path / stale).unlink(missing_ok=True)
+        atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_rows(self, name: str, rows: list[dict]) -> None:
+        """Rewrite a JSONL file wholesale; used when resuming, to drop rows logged after the checkpoint."""
+        atomic_write_text(self.path / name, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def append_rows(self, name: str, rows: list[dict]) -> None:
+        with open(self.path / name, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=1, sort_keys=True))
+
+    def write_error(self, text: str) -> None:
+        atomic_write_text(self.path / "error.txt", text)
+
+
+class WandbMirror:
+    """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, name: str):
+        self.run = None
+        if cfg.wandb.mode == "disabled":
+            return
+        import wandb  # lazy: half a second and a background service, only when asked for
+
+        self.run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(run_dir),
+                              group=cfg.experiment, name=name, reinit="finish_previous",
+                              config=OmegaConf.to_container(cfg, resolve=True),
+                              settings=wandb.Settings(silent=True, console="off", init_timeout=30))
+
+    def log(self, row: dict, step: int) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
