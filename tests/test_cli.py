@@ -1,0 +1,49 @@
+"""The real command line in a subprocess: Hydra composition, the joblib launcher, the output layout."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+SHORT = ["trainer.steps=20", "trainer.eval_every=10", "trainer.probe_every=10", "trainer.probe_size=50",
+         "trainer.progress=false", "data.download=false"]
+
+
+def test_single_run_writes_under_out_root(data_root, tmp_path):
+    r = run_cli(["bnlab.train", f"data.root={data_root}", f"out_root={tmp_path}", "norm=batch",
+                 "optim.lr=0.5", "seed=1", *SHORT])
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "cpu" / "adhoc"
+    [d] = [p for p in run.iterdir() if p.is_dir()]
+    assert "norm=batch" in d.name and "seed=1" in d.name
+    s = json.loads((d / "summary.json").read_text())
+    assert s["status"] == "finished" and s["seed"] == 1 and s["threads"] == 1
+    assert (d / ".hydra" / "config.yaml").exists()
+    assert "finished after 20 steps" in r.stdout
+
+
+def test_two_job_multirun_with_joblib(data_root, tmp_path):
+    r = run_cli(["bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", "norm=none,batch",
+                 "hydra.launcher.n_jobs=2", *SHORT])
+    assert r.returncode == 0, r.stderr
+    dirs = sorted(p.name for p in (tmp_path / "cpu" / "adhoc").iterdir() if p.is_dir())
+    assert [d.split(",")[0] for d in dirs] == ["norm=batch", "norm=none"]  # named by the overrides
+    for d in dirs:
+        s = json.loads((tmp_path / "cpu" / "adhoc" / d / "summary.json").read_text())
+        assert s["status"] == "finished" and s["threads"] == 1  # one thread per parallel job
+
+
+def test_misspelt_key_and_wrong_type_are_clear_errors(tmp_path):
+    r = run_cli(["bnlab.train", f"out_root={tmp_path}", "optim.lrr=0.1"])
+    assert r.returncode != 0 and "Key 'lrr' not in 'OptimConfig'" in r.stderr
+    r = run_cli(["bnlab.train", f"out_root={tmp_path}", "optim.lr=fast"])
+    assert r.returncode != 0 and "could not be converted to Float" in r.stderr
+
+
+def test_missing_data_offline_is_one_clear_message(tmp_path):
+    r = run_cli(["bnlab.train", f"data.root={tmp_path / 'nowhere'}", f"out_root={tmp_path}", "data.download=false"],
+                env_extra={"HYDRA_FULL_ERROR": "0"})
+    assert r.returncode != 0
+    assert "mnist is not available under data root" in r.stderr and "BNLAB_DATA" in r.stderr

@@ -1,0 +1,58 @@
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from bnlab.config import ModelConfig, NormConfig
+from bnlab.models import build_model
+
+
+def model(arch="mlp", norm="batch", **kw):
+    m = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"arch": arch, **kw})
+    n = OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": norm})
+    shape = (1, 28, 28) if arch == "mlp" else (3, 32, 32)
+    return build_model(m, n, shape, 10)
+
+
+def test_bn_sits_between_linear_map_and_nonlinearity_and_drops_the_bias():
+    for arch, bn_cls in (("mlp", nn.BatchNorm1d), ("cnn", nn.BatchNorm2d)):
+        net = model(arch, "batch")
+        for block in net.blocks:
+            assert isinstance(block.norm, bn_cls)
+            assert block.linear.bias is None  # beta subsumes it (Ioffe §3.2)
+            assert isinstance(block.act, nn.Sigmoid)  # the schema default activation
+        assert net.head.bias is not None  # the output layer is not normalised and keeps its bias
+        plain = model(arch, "none")
+        assert all(b.linear.bias is not None and isinstance(b.norm, nn.Identity) for b in plain.blocks)
+
+
+def test_bn_output_is_standardised_per_unit_in_training_mode():
+    torch.manual_seed(0)
+    net = model("mlp", "batch").train()
+    x = torch.rand(256, 1, 28, 28) * 3 + 1
+    out = {}
+    net.blocks[1].norm.register_forward_hook(lambda m, i, o: out.update(y=o))
+    net(x)
+    y = out["y"]  # gamma = 1, beta = 0 at initialisation
+    torch.testing.assert_close(y.mean(0), torch.zeros(100), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(0, unbiased=False), torch.ones(100), atol=1e-3, rtol=0)
+
+
+def test_eval_mode_uses_running_statistics_with_unbiased_variance():
+    torch.manual_seed(0)
+    bn = model("mlp", "batch").blocks[0].norm
+    bn.momentum = 1.0  # running statistics := the last batch's
+    x = torch.randn(60, 100) * 2 + 3
+    train_out = bn.train()(x)
+    torch.testing.assert_close(bn.running_mean, x.mean(0))
+    torch.testing.assert_close(bn.running_var, x.var(0, unbiased=True))  # Ioffe Alg. 2: m/(m-1)
+    eval_out = bn.eval()(x)
+    # The same batch gives slightly different outputs: eval divides by the unbiased std.
+    scale = ((x.var(0, unbiased=False) + bn.eps) / (x.var(0, unbiased=True) + bn.eps)).sqrt()
+    torch.testing.assert_close(eval_out, train_out * scale, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(eval_out, train_out)
+
+
+def test_normal_init_has_the_configured_std():
+    torch.manual_seed(0)
+    w = model("mlp", "none", init="normal", init_std=0.1).blocks[0].linear.weight
+    assert abs(w.std().item() - 0.1) < 0.002 and abs(w.mean().item()) < 0.002

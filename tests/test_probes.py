@@ -1,0 +1,64 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnlab.probes import activation_stats, pre_activations
+from tests.test_models import model
+
+
+def manual_pre_activations(net, x):
+    """The sigmoid inputs computed by hand: linear map, then batch statistics of this very batch."""
+    h, out = x.flatten(1), []
+    for block in net.blocks:
+        z = block.linear(h)
+        a = F.batch_norm(z, None, None, block.norm.weight, block.norm.bias, training=True, eps=block.norm.eps)
+        out.append(a.detach().numpy())
+        h = torch.sigmoid(a)
+    return out
+
+
+def test_logged_percentiles_and_histogram_match_numpy():
+    torch.manual_seed(0)
+    net = model("mlp", "batch", init_std=0.5)
+    with torch.no_grad():
+        for b in net.blocks:
+            b.norm.weight.uniform_(0.5, 2.0)
+            b.norm.bias.uniform_(-1, 1)
+    x = torch.rand(200, 1, 28, 28)
+    rows = activation_stats(net, x, units=3, bins=24, hist_range=3.0)
+    for row, a in zip(rows, manual_pre_activations(net, x), strict=True):
+        flat = a.ravel()
+        np.testing.assert_allclose([row["p15"], row["p50"], row["p85"]], np.percentile(flat, [15, 50, 85]),
+                                   rtol=1e-5, atol=1e-5)
+        for u in range(3):
+            np.testing.assert_allclose([row[f"u{u}_p{p}"] for p in (15, 50, 85)],
+                                       np.percentile(a[:, u], [15, 50, 85]), rtol=1e-5, atol=1e-5)
+        counts, _ = np.histogram(flat, bins=24, range=(-3.0, 3.0))
+        assert np.abs(np.array(row["hist"]) - counts).sum() <= 2  # float32 vs float64 at bin edges
+        assert row["below"] == (flat < -3).sum() and row["above"] == (flat > 3).sum()
+        np.testing.assert_allclose([row["mean"], row["std"]], [flat.mean(), flat.std(ddof=1)], rtol=1e-4, atol=1e-5)
+
+
+def test_conv_units_are_channels_over_batch_and_positions():
+    torch.manual_seed(0)
+    net = model("cnn", "none")
+    x = torch.rand(8, 3, 32, 32)
+    acts = pre_activations(net, x)
+    first = net.blocks[0].linear(x).detach()  # N, C, H, W
+    assert acts[0].shape == (16, 8 * 32 * 32)
+    torch.testing.assert_close(acts[0][5], first[:, 5].flatten())
+
+
+def test_probe_leaves_bn_statistics_and_rng_untouched():
+    torch.manual_seed(0)
+    net = model("mlp", "batch")
+    net(torch.rand(60, 1, 28, 28))  # some running statistics to protect
+    x = torch.rand(100, 1, 28, 28)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    net.eval()
+    activation_stats(net, x, units=3, bins=10, hist_range=5.0)
+    assert not net.training  # mode restored
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)

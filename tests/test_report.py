@@ -1,0 +1,73 @@
+"""The collector and the verdict logic, on hand-made run directories."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from bnlab import collect
+from bnlab.analysis import best_lr, ratio, steps_to
+from bnlab.report import verdict
+
+
+def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(OmegaConf.to_yaml({"optim": {"lr": lr}, "norm": {"name": norm}, "seed": seed}))
+    if status != "incomplete":
+        (d / "summary.json").write_text(json.dumps({"status": status, "final_test_acc": acc, "seed": seed}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "test_acc": a}) + "\n" for s, a in curve))
+    return d
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    fake_run(tmp_path, "a", 0.1, "none", 0, "finished", 0.90, [(0, 0.1), (100, 0.8), (200, 0.9)])
+    fake_run(tmp_path, "b", 0.1, "none", 1, "finished", 0.92)
+    fake_run(tmp_path, "c", 1.0, "none", 0, "diverged")
+    fake_run(tmp_path, "d", 1.0, "none", 1, "finished", 0.99)
+    fake_run(tmp_path, "e", 1.0, "batch", 0, "failed")
+    fake_run(tmp_path, "f", 1.0, "batch", 1, "incomplete")
+    (tmp_path / "g").mkdir()  # Hydra made it, the job never started: no config, not a run
+    return tmp_path
+
+
+def test_collector_lists_every_run_with_its_status(sweep):
+    runs = collect.runs(sweep)
+    assert len(runs) == 6
+    assert runs.set_index(runs.path.str[-1]).status.to_dict() == {
+        "a": "finished", "b": "finished", "c": "diverged", "d": "finished", "e": "failed", "f": "incomplete"}
+    assert runs["optim.lr"].tolist() == [0.1, 0.1, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_best_lr_counts_a_diverged_seed_as_chance(sweep):
+    runs = collect.runs(sweep)
+    runs = runs[runs["norm.name"] == "none"]
+    # lr 1.0: median of (chance 0.1, 0.99) = 0.545 < lr 0.1: median of (0.90, 0.92) = 0.91
+    assert best_lr(runs, "norm.name") == {"none": 0.1}
+
+
+def test_steps_to_target_and_ratios():
+    curve = pd.DataFrame({"step": [0, 100, 200], "test_acc": [0.1, 0.8, 0.9]})
+    assert steps_to(curve, 0.8) == 100 and math.isinf(steps_to(curve, 0.95))
+    assert ratio(100, 400) == 0.25 and ratio(100, math.inf) == 0.0
+    assert math.isinf(ratio(math.inf, 100)) and math.isnan(ratio(math.inf, math.inf))
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.2, 0.3, 0.4], "reproduced"),
+    ([0.2, 0.3, 0.7], "partly"),  # median passes, one seed does not
+    ([0.2, 0.6, 0.7], "not reproduced"),
+    ([math.inf, 0.6, 0.7], "not reproduced"),
+    ([], "not measured"),
+    ([math.nan], "not measured"),
+])
+def test_verdict_is_mechanical(values, expected):
+    assert verdict(values, 0.5, "le") == expected
+
+
+def test_verdict_direction():
+    assert verdict([1.0, 2.0], 1.0, "ge") == "reproduced"
+    assert verdict([0.5, 1.0, 2.0], 1.0, "le") == "partly"

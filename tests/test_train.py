@@ -1,0 +1,129 @@
+import json
+import math
+
+import pytest
+
+from bnlab.runlog import read_jsonl
+from bnlab.train import ConfigError, run_job, train
+from tests.conftest import make_cfg
+
+STABLE = ("step", "test_loss", "test_acc", "train_loss", "train_acc")  # everything but wall-clock time
+
+
+def history(path, name="metrics.jsonl", keys=STABLE):
+    return [{k: r[k] for k in keys} if keys else r for r in read_jsonl(path / name)]
+
+
+def test_short_run_learns_and_writes_its_directory(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.lr=0.5", "trainer.steps=60"])
+    s = train(cfg, str(tmp_path / "run"))
+    assert s["status"] == "finished" and s["steps"] == 60 and s["threads"] == 1
+    assert s["final_test_acc"] > 0.5  # the fixture's labels are written into the pixels
+    assert {"torch", "torchvision", "git_sha", "seed", "identity", "steps_per_s"} <= set(s)
+    rows = history(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50, 60]
+    acts = read_jsonl(tmp_path / "run" / "activations.jsonl")
+    assert {a["layer"] for a in acts} == {0, 1, 2} and len(acts) == 3 * 7
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # dropped once the run is done
+    assert (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_divergence_is_a_status_not_a_crash(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path, ["model.activation=relu", "model.init=normal", "model.init_std=1.0",
+                                         "optim.lr=50.0", "trainer.steps=200"])
+    s = train(cfg, str(tmp_path / "run"))
+    assert s["status"] == "diverged" and s["diverged_at"] < 200 and s["final_test_acc"] is None
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert rows[-1]["step"] == s["diverged_at"]  # what was logged up to the divergence is kept
+    assert not math.isfinite(rows[-1]["train_loss"]) or rows[-1]["train_loss"] > 10 * math.log(10) / 2
+
+
+def test_same_seed_same_numbers_bitwise(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path, ["norm=batch"])
+    train(cfg, str(tmp_path / "a"))
+    train(cfg, str(tmp_path / "b"))
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    assert history(tmp_path / "a", "activations.jsonl", None) == history(tmp_path / "b", "activations.jsonl", None)
+
+
+def test_probe_cadence_does_not_change_training(data_root, tmp_path):
+    """Probes run BN in training mode on another batch; the trajectory must not notice."""
+    dense = make_cfg(data_root, tmp_path, ["norm=batch", "trainer.probe_every=1"])
+    sparse = make_cfg(data_root, tmp_path, ["norm=batch", "trainer.probe_every=1000"])
+    train(dense, str(tmp_path / "dense"))
+    train(sparse, str(tmp_path / "sparse"))
+    assert history(tmp_path / "dense") == history(tmp_path / "sparse")
+
+
+def test_finished_run_is_skipped_and_changed_config_retrains(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path)
+    first = train(cfg, str(tmp_path / "run"))
+    again = train(cfg, str(tmp_path / "run"))
+    assert again == first  # read back, not retrained
+    changed = make_cfg(data_root, tmp_path, ["optim.lr=0.2"])
+    third = train(changed, str(tmp_path / "run"))
+    assert third["identity"] != first["identity"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0", "optim.lr=0.0 must be > 0"),
+    ("optim.lr=-0.1", "must be > 0"),
+    ("norm.name=weird", "norm.name (norm=)='weird' is not known; choose one of"),
+    ("model.activation=swish", "model.activation='swish' is not known"),
+    ("model.dropout=1.0", "model.dropout"),
+])
+def test_bad_values_are_refused_with_the_key_and_the_fix(data_root, tmp_path, override, message):
+    cfg = make_cfg(data_root, tmp_path, [override])
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing half-made that could pass for a result
+
+
+def test_batch_of_one_with_bn_is_refused(data_root, tmp_path):
+    cfg = make_cfg(data_root, tmp_path, ["norm=batch", "trainer.batch_size=1"])
+    with pytest.raises(ConfigError, match="batch of 2 or more"):
+        train(cfg, str(tmp_path / "run"))
+
+
+def test_failure_is_recorded_with_traceback(data_root, tmp_path, monkeypatch):
+    cfg = make_cfg(data_root, tmp_path)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr("bnlab.train.evaluate", boom)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run_job(cfg, str(tmp_path / "run"))
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["status"] == "failed" and "injected fault" in s["error"]
+    assert "Traceback" in (tmp_path / "run" / "error.txt").read_text()
+    # A failed run is retried, not counted as done, the next time the sweep comes round.
+    monkeypatch.undo()
+    assert run_job(cfg, str(tmp_path / "run"))["status"] == "finished"
+    assert not (tmp_path / "run" / "error.txt").exists()
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkeypatch):
+    cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.momentum=0.9", "trainer.steps=40"])
+    train(cfg, str(tmp_path / "whole"))
+    # Interrupt after step 25: the checkpoint at 20 exists, and rows for 20..25 were already logged.
+    import bnlab.train as trainer
+
+    real_eval, calls = trainer.evaluate, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the evaluation at step 30
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, str(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.undo()
+    s = train(cfg, str(tmp_path / "cut"))
+    assert s["resumed"] and s["status"] == "finished"
+    assert history(tmp_path / "cut") == history(tmp_path / "whole")
+    assert history(tmp_path / "cut", "activations.jsonl", None) == \
+        history(tmp_path / "whole", "activations.jsonl", None)
