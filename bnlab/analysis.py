@@ -62,3 +62,15 @@ def ratio(a: float, b: float) -> float:
     if math.isinf(b):
         return 0.0
     return math.inf if math.isinf(a) else a / b
+
+
+def fraction_beyond(acts: pd.DataFrame, limit: float, hist_range: float) -> pd.Series:
+    """Per activation row, the fraction of values with |x| > limit, from the histogram and overflow counts."""
+
+    def one(row) -> float:
+        h = np.asarray(row["hist"], dtype=float)
+        edges = np.linspace(-hist_range, hist_range, len(h) + 1)
+        outer = h[edges[1:] <= -limit].sum() + h[edges[:-1] >= limit].sum()  # limit should sit on a bin edge
+        return (outer + row["below"] + row["above"]) / (h.sum() + row["below"] + row["above"])
+
+    return acts.apply(one, axis=1)

@@ -82,6 +82,7 @@ class Claim:
     paper: str = ""  # the paper's own number
     threshold: float = MISSING
     direction: str = "ge"  # ge: measured >= threshold passes | le: measured <= threshold passes
+    params: dict[str, float] = field(default_factory=dict)  # other fixed parts of the criterion (targets, ...)
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""Santurkar et al. 2018 Fig. 1: CIFAR-10 CNN with and without BN at learning rates 0.1 and 0.5."""
+
+import numpy as np
+
+from bnlab import collect, plots
+from bnlab.analysis import curves, done, select, value_at
+from bnlab.report import Context, Finding
+
+ARMS = ("none", "batch")
+
+
+def gap(runs, lr: float, step: int) -> list[float]:
+    """BN minus baseline final test accuracy in points, paired by seed; a diverged run counts as chance."""
+    out = []
+    for seed in sorted(set(runs.seed)):
+        acc = {}
+        for arm in ARMS:
+            r = select(runs, norm__name=arm, optim__lr=lr, seed=seed)
+            if not len(r):
+                break
+            acc[arm] = r.final_test_acc.iloc[0] if r.status.iloc[0] == "finished" else 0.1
+        if len(acc) == 2:
+            out.append(100 * (acc["batch"] - acc["none"]))
+    return out
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    lrs = sorted(runs["optim.lr"].unique())
+    fig, ax = plots.subplots(len(lrs) + 2, width=3.0)
+    for i, lr in enumerate(lrs):
+        for arm in ARMS:
+            cs = list(curves(select(runs, norm__name=arm, optim__lr=lr)).values())
+            plots.band(ax[0, i], cs, "step", "test_acc", plots.COLORS[arm], f"{plots.LABELS[arm]} test")
+            plots.band(ax[0, i], [c.dropna(subset=["train_acc"]) for c in cs], "step", "train_acc",
+                       plots.COLORS[arm], f"{plots.LABELS[arm]} train", linestyle=":")
+        ax[0, i].set(title=f"CIFAR-10 CNN, lr {lr:g}", xlabel="step", ylabel="accuracy", ylim=(0, 1))
+        ax[0, i].legend(fontsize=6)
+    # Santurkar Fig. 1 (right): distribution of one layer's activations over training, BN vs none, lr 0.1
+    layer = 1
+    for j, arm in enumerate(ARMS):
+        r = select(runs, norm__name=arm, optim__lr=lrs[0])
+        if not len(r):
+            continue
+        acts = collect.activations(r.sort_values("seed").path.iloc[0])
+        a = acts[acts.layer == layer]
+        edges = np.linspace(-ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_bins + 1)
+        mids = (edges[1:] + edges[:-1]) / 2
+        steps = a.step.to_numpy()
+        for k, (_, row) in enumerate(a.iloc[:: max(1, len(a) // 6)].iterrows()):
+            h = np.asarray(row["hist"], float)
+            ax[0, len(lrs) + j].plot(mids, h / h.sum() + 0.15 * k, color=plots.COLORS[arm], lw=0.8)
+        ax[0, len(lrs) + j].set(title=f"{plots.LABELS[arm]}: layer {layer + 1} inputs, steps {steps[0]}-{steps[-1]}",
+                                xlabel="pre-activation", yticks=[])
+    fig_path = plots.save(fig, ctx.figure_path("curves_histograms"))
+    steps = ctx.cfg.trainer.steps
+    table = runs.assign(acc=[value_at(c, steps) for c in [collect.metrics(p) for p in runs.path]])
+    table = table.groupby(["norm.name", "optim.lr"]).acc.apply(plots.median_range).reset_index()
+    ctx.write_table("final_acc", table, f"CIFAR-10 CNN: test accuracy after {steps} steps (NaN: diverged)")
+    return [Finding("S1_high_lr", gap(runs, 0.5, steps), "BN minus none at lr 0.5, points", fig_path),
+            Finding("S1_low_lr", gap(runs, 0.1, steps), "BN minus none at lr 0.1, points", fig_path)]

@@ -1,0 +1,8 @@
+"""CNN half of the sweep matrix (configs/experiment/lr_sweep_cnn.yaml); the analysis is experiments.lr_sweep."""
+
+from bnlab.report import Context, Finding
+from experiments.lr_sweep import analyze_sweep
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    return analyze_sweep(ctx, "I4_lr_range_cnn", "I3_speed_cnn")
