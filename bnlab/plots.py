@@ -56,6 +56,11 @@ def median_range(values) -> str:
     v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)
     if len(v) == 0:
         return "n/a"
-    big = np.abs(v[np.isfinite(v)]).max(initial=0) >= 1e4
-    fmt = (lambda a: f"{a:.3e}") if big else (lambda a: f"{a:.3g}")
+    finite = v[np.isfinite(v)]
+    if len(finite) and np.all(finite == np.round(finite)) and np.abs(finite).max() < 1e9:
+        fmt = lambda a: f"{a:.0f}"  # noqa: E731  step counts
+    elif np.abs(finite).max(initial=0) >= 1e4:
+        fmt = lambda a: f"{a:.3e}"  # noqa: E731
+    else:
+        fmt = lambda a: f"{a:.3g}"  # noqa: E731
     return f"{fmt(np.median(v))} [{fmt(v.min())}, {fmt(v.max())}] (n={len(v)})"

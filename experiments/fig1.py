@@ -35,7 +35,7 @@ def analyze(ctx: Context) -> list[Finding]:
     shared_runs = {arm: select(runs, norm__name=arm, optim__lr=shared) for arm in ARMS}
 
     # (a) accuracy vs steps at the baseline's best rate, plus BN at its own best rate if that differs
-    fig, ax = plots.subplots(3, width=3.4)
+    fig, ax = plots.subplots(4, width=3.4)
     for arm in ARMS:
         plots.band(ax[0, 0], list(curves(shared_runs[arm]).values()), "step", "test_acc",
                    plots.COLORS[arm], f"{plots.LABELS[arm]} (lr {shared:g})")
@@ -44,6 +44,13 @@ def analyze(ctx: Context) -> list[Finding]:
                    f"BN (own best lr {best.get('batch'):g})", linestyle="--")
     ax[0, 0].set(xlabel="training step", ylabel="test accuracy", ylim=(0.7, 1.0), title="(a) MNIST test accuracy")
     ax[0, 0].legend(loc="lower right")
+    # (a') the same at the smallest rate of the grid, where a plain sigmoid net is learning-rate starved
+    low = min(runs["optim.lr"])
+    for arm in ARMS:
+        plots.band(ax[0, 3], list(curves(select(runs, norm__name=arm, optim__lr=low)).values()), "step", "test_acc",
+                   plots.COLORS[arm], f"{plots.LABELS[arm]} (lr {low:g})")
+    ax[0, 3].set(xlabel="training step", ylabel="test accuracy", ylim=(0.7, 1.0), title=f"(a') same, lr {low:g}")
+    ax[0, 3].legend(loc="lower right")
     # (b, c) percentiles of unit 0 of the last hidden layer, first seed, baseline's best rate
     for col, arm in ((1, "none"), (2, "batch")):
         r = shared_runs[arm]
@@ -53,20 +60,19 @@ def analyze(ctx: Context) -> list[Finding]:
         a = acts[acts.layer == layer]
         for p, style in ((15, ":"), (50, "-"), (85, ":")):
             ax[0, col].plot(a.step, a[f"u0_p{p}"], style, color=plots.COLORS[arm], label=f"{p}th")
-        ax[0, col].set(xlabel="training step", ylabel="sigmoid input", ylim=(-4, 4),
+        ax[0, col].set(xlabel="training step", ylabel="sigmoid input",
                        title=f"({'bc'[col - 1]}) {plots.LABELS[arm]}: last hidden layer, unit 0")
         ax[0, col].legend(loc="upper right")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_percentiles"))
 
     # table: accuracy at the paper's checkpoints and steps to targets, per arm and learning rate choice
     rows = []
-    choices = [("none", shared, "baseline's best"), ("batch", shared, "baseline's best")]
-    if best.get("batch") != shared:
-        choices.append(("batch", best.get("batch"), "BN's own best"))
-    for arm, lr, why in choices:
+    tags = {("none", shared): "baseline's best", ("batch", best.get("batch")): "BN's own best"}
+    for arm, lr in sorted(runs.groupby(["norm.name", "optim.lr"]).groups, key=lambda k: (k[0] != "none", k[1])):
+        why = tags.get((arm, lr), "")
         r = select(runs, norm__name=arm, optim__lr=lr)
         cs = curves(r)
-        row = {"arm": plots.LABELS[arm], "lr": f"{lr:g} ({why})"}
+        row = {"arm": plots.LABELS[arm], "lr": f"{lr:g}" + (f" ({why})" if why else "")}
         for s in (2500, 10000, steps):
             row[f"acc@{s}"] = plots.median_range([value_at(c, s) for c in cs.values()])
             row[f"paper@{s}"] = PAPER.get((arm, s), "")
