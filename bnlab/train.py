@@ -7,13 +7,16 @@
 
 import math
 import sys
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -108,8 +111,8 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         return run.summary()  # type: ignore[return-value]
     torch.set_num_threads(cfg.threads)
     tc = cfg.trainer
-    data = _dataset(cfg)
     run.prepare(cfg)
+    data = _dataset(cfg)
     device = torch.device(cfg.device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     test_x, test_y = data.test.x.to(device), data.test.y.to(device)
@@ -127,9 +130,9 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
     state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
 
-    resumed = run.checkpoint_path.exists()
+    ck = torch.load(run.checkpoint_path, weights_only=False) if run.checkpoint_path.exists() else None
+    resumed = ck is not None and ck["identity"] == identity  # a checkpoint of another config is discarded
     if resumed:
-        ck = torch.load(run.checkpoint_path, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         order.load_state_dict(ck["order"])
@@ -200,7 +203,7 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                 if step % tc.probe_every == 0 or step == tc.steps:
                     log_probe(step)
                 if step % tc.checkpoint_every == 0 and step < tc.steps:
-                    atomic_torch_save({"model": model.state_dict(), "opt": opt.state_dict(),
+                    atomic_torch_save({"identity": identity, "model": model.state_dict(), "opt": opt.state_dict(),
                                        "order": order.state_dict(), "rng": torch.get_rng_state(),
                                        "state": state}, run.checkpoint_path)
                 bar.update(step - bar.n)
@@ -241,6 +244,26 @@ def run_job(cfg: DictConfig, out_dir: str) -> dict:
                                "seed": cfg.seed, "error": traceback.format_exc().strip().splitlines()[-1],
                                **environment()})
         raise
+
+
+class CheckOutRoot(Callback):
+    """Refuse an unwritable out_root before Hydra creates any run directory, with a message that says why."""
+
+    def _check(self, config: DictConfig) -> None:
+        root = Path(config.out_root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        except OSError as e:
+            sys.exit(f"[bnlab] cannot write results under out_root={root} ({e.strerror}); "
+                     "pass a writable folder: out_root=/path")
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check(config)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -127,3 +127,25 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
     assert history(tmp_path / "cut") == history(tmp_path / "whole")
     assert history(tmp_path / "cut", "activations.jsonl", None) == \
         history(tmp_path / "whole", "activations.jsonl", None)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path, monkeypatch):
+    import bnlab.train as trainer
+
+    real_eval, calls = trainer.evaluate, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(data_root, tmp_path, ["optim.lr=0.1"]), str(tmp_path / "run"))
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    s = train(make_cfg(data_root, tmp_path, ["optim.lr=0.3"]), str(tmp_path / "run"))
+    assert not s["resumed"]
+    train(make_cfg(data_root, tmp_path, ["optim.lr=0.3"]), str(tmp_path / "fresh"))
+    assert history(tmp_path / "run") == history(tmp_path / "fresh")

@@ -1,0 +1,86 @@
+"""Kill anywhere, resume, fault isolation: each exercised with the real failure."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bnlab import collect
+from bnlab.config import REPO_ROOT
+from bnlab.runlog import read_jsonl
+from bnlab.train import train
+from tests.conftest import make_cfg, run_cli
+
+pytestmark = pytest.mark.slow
+SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=2500", "trainer.eval_every=100", "trainer.probe_every=500",
+         "trainer.probe_size=50", "trainer.checkpoint_every=100", "trainer.progress=false", "data.download=false",
+         "hydra.launcher.n_jobs=2"]
+
+
+def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tmp_path):
+    args = [sys.executable, "-m", "bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", *SWEEP]
+    sweep = tmp_path / "cpu" / "adhoc"
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:  # kill the whole process group once one run is done and another is part-way with a checkpoint
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            done = list(sweep.glob("*/summary.json"))
+            partial = [p for p in sweep.glob("*/checkpoint.pt") if not (p.parent / "summary.json").exists()]
+            if done and partial:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the sweep never reached a state with one finished and one part-way run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = {p.parent.name: p.read_text() for p in sweep.glob("*/summary.json")}
+    assert 1 <= len(finished_before) < 4
+
+    r = run_cli(["bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", *SWEEP])
+    assert r.returncode == 0, r.stderr
+    runs = collect.runs(sweep)
+    assert sorted(runs.seed) == [0, 1, 2, 3] and set(runs.status) == {"finished"}  # none lost, none twice
+    for name, text in finished_before.items():  # finished runs were not retrained
+        assert (sweep / name / "summary.json").read_text() == text
+    assert runs.resumed.any()  # the part-way run continued from its checkpoint
+    # ... and a resumed run is bitwise the run that was never interrupted
+    resumed = runs[runs.resumed].iloc[0]
+    cfg = make_cfg(data_root, tmp_path, [f"seed={int(resumed.seed)}", *SWEEP[:1], *SWEEP[2:-1]])
+    train(cfg, str(tmp_path / "reference"))
+    keys = ("step", "test_loss", "test_acc", "train_loss", "train_acc")
+    got = [{k: row[k] for k in keys} for row in read_jsonl(sweep / resumed.path.split("/")[-1] / "metrics.jsonl")]
+    want = [{k: row[k] for k in keys} for row in read_jsonl(tmp_path / "reference" / "metrics.jsonl")]
+    assert got == want
+
+
+def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
+    """One job reads a truncated dataset; it fails with its traceback on disk, the other job finishes."""
+    from tests.conftest import write_mnist
+
+    corrupt = write_mnist(tmp_path / "corrupt")
+    images = corrupt / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    r = run_cli(["bnlab.train", "-m", f"data.root={data_root},{corrupt}", f"out_root={tmp_path / 'out'}",
+                 "trainer.steps=20", "trainer.eval_every=10", "trainer.probe_every=10", "trainer.probe_size=50",
+                 "trainer.progress=false", "data.download=false", "hydra.sweep.subdir=${hydra.job.num}"])
+    assert r.returncode != 0  # Hydra reports the failure at the end, after every job has run
+    runs = collect.runs(tmp_path / "out" / "cpu" / "adhoc")
+    status = dict(zip(runs["data.root"], runs.status, strict=True))
+    assert status == {str(data_root): "finished", str(corrupt): "failed"}
+    failed = runs[runs.status == "failed"].iloc[0]
+    assert "corrupt or truncated" in failed.error
+    assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()
+
+
+def test_unwritable_out_root_is_refused_before_any_job(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    r = run_cli(["bnlab.train", f"out_root={blocker}/runs"])
+    assert r.returncode != 0
+    assert "cannot write results under out_root" in r.stderr and "Traceback" not in r.stderr
+    assert not (blocker.parent / "runs").exists()  # nothing was created that could pass for a result
