@@ -25,6 +25,8 @@ class DataConfig:
     download: bool = True  # tried only when the files are missing; fails cleanly offline
     verify: bool = "${oc.env:BNLAB_DATA_VERIFY,true}"  # type: ignore[assignment]  # torchvision's md5 check (CIFAR); false accepts a rebuilt copy, with a warning
     preprocess: str = "unit"  # unit: pixels/255 | standardize: per-channel z-score | binarize: >0.5
+    n_samples: int = 1000  # synthetic datasets only (Santurkar App. A: the DLN's 1000 samples)
+    dim: int = 10  # synthetic datasets only: input and output width
 
 
 @dataclass
@@ -36,6 +38,8 @@ class ModelConfig:
     activation: str = "sigmoid"  # sigmoid | relu | tanh | identity
     init: str = "normal"  # normal: N(0, init_std) | xavier | kaiming | default (torch's own)
     init_std: float = 0.1
+    init_mean: float = 0.0  # normal init only; the DL Book §8.7.1 chain starts near w = 1
+    bias: bool = True  # false: a purely linear map (deep linear networks); dropped anyway before a shifting norm
     dropout: float = 0.0  # after each hidden nonlinearity
 
 
@@ -45,6 +49,12 @@ class NormConfig:
     eps: float = 1e-5
     momentum: float = 0.1  # running-statistics update rate (torch convention)
     affine: bool = True  # learn gamma and beta
+    # Santurkar et al. Alg. 1 ("noisy" BN): per unit and step mu ~ U(-n_mu, n_mu), sigma ~ U(1, n_sigma);
+    # per example m ~ U(mu - r_mu, mu + r_mu), s ~ N(sigma, r_sigma); a <- s * a + m.
+    noise_mu: float = 0.5
+    noise_sigma: float = 1.25
+    noise_r_mu: float = 0.1
+    noise_r_sigma: float = 0.1
 
 
 @dataclass
@@ -65,6 +75,12 @@ class TrainerConfig:
     hist_bins: int = 24
     hist_range: float = 6.0  # histogram over [-r, r]; mass outside is counted separately
     diverge_factor: float = 10.0  # interval-mean training loss above factor x initial loss = diverged
+    loss: str = "cross_entropy"  # cross_entropy | mse | mse_sum (Santurkar's DLN: summed squared error)
+    moment_units: int = 0  # >0: per-step change of batch mean and variance of units 0..k-1 (Santurkar Fig. 8)
+    ics_every: int = 0  # >0: internal covariate shift, Santurkar Def. 2.1, on the training batch
+    ics_layers: list[int] = field(default_factory=list)  # hidden layers (0-based) whose weight gradient is compared
+    landscape_every: int = 0  # >0: loss and gradient along the gradient step (Santurkar Fig. 4)
+    landscape_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # multiples of lr
     checkpoint_every: int = 5000
     progress: bool = True
 

@@ -53,7 +53,7 @@ def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
         return
     w = layer.weight
     if cfg.init == "normal":  # Ioffe §4.1: "small random Gaussian values"
-        nn.init.normal_(w, 0.0, cfg.init_std)
+        nn.init.normal_(w, cfg.init_mean, cfg.init_std)
     elif cfg.init == "xavier":  # Santurkar App. A: "standard Glorot initialization"
         nn.init.xavier_normal_(w)
     elif cfg.init == "kaiming":
@@ -64,7 +64,7 @@ def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
 
 def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int, ...], classes: int) -> Net:
     act_cls = ACTIVATIONS[model_cfg.activation]
-    bias = norm_cfg.name not in NORMALIZERS_WITH_SHIFT
+    bias = model_cfg.bias and norm_cfg.name not in NORMALIZERS_WITH_SHIFT
     make_norm = NORMALIZERS[norm_cfg.name]
     blocks: list[Block] = []
     if model_cfg.arch == "mlp":
@@ -82,7 +82,7 @@ def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int
             c, h, w = ch, h // 2, w // 2
         pool_after = set(range(len(blocks)))
         fan_in = c * h * w
-    head = nn.Linear(fan_in, classes)
+    head = nn.Linear(fan_in, classes, bias=model_cfg.bias)
     for layer in [b.linear for b in blocks] + [head]:
         _init_linear(layer, model_cfg)
     return Net(blocks, head, pool_after)

@@ -6,9 +6,77 @@ nonlinearity (Ioffe §3.2); whether the linear map keeps its bias is `NORMALIZER
 """
 
 from collections.abc import Callable
+from functools import partial
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
+
+
+def _units_last(x: torch.Tensor) -> torch.Tensor:
+    """N x C (x H x W) -> (N*H*W) x C: a conv layer's positions count as examples (Ioffe §3.2)."""
+    return x if x.ndim == 2 else x.transpose(1, -1).reshape(-1, x.shape[1])
+
+
+def _units_back(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if like.ndim == 2:
+        return y
+    n, c, h, w = like.shape
+    return y.reshape(n, w, h, c).transpose(1, -1)
+
+
+class AlgOneNoise(nn.Module):
+    """Santurkar et al. 2018, Alg. 1: time-varying, non-zero-mean, non-unit-variance noise, training mode only.
+
+    Each step draws a mean shift mu_j ~ U(-n_mu, n_mu) and scale sigma_j ~ U(1, n_sigma) per unit, then per
+    example (and position) m_ij ~ U(mu_j - r_mu, mu_j + r_mu) and s_ij ~ N(sigma_j, r_sigma): a_ij <- s_ij a_ij + m_ij.
+    """
+
+    def __init__(self, n_mu: float, n_sigma: float, r_mu: float, r_sigma: float):
+        super().__init__()
+        self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
+
+    def sample(self, rows: int, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = (torch.rand(units) * 2 - 1) * self.n_mu
+        sigma = 1 + torch.rand(units) * (self.n_sigma - 1)
+        m = mu + (torch.rand(rows, units) * 2 - 1) * self.r_mu
+        s = sigma + torch.randn(rows, units) * self.r_sigma
+        return m, s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        a = _units_last(x)
+        m, s = self.sample(*a.shape)
+        return _units_back(s.to(a) * a + m.to(a), x)
+
+
+class LpNorm(nn.Module):
+    """Santurkar et al. 2018 §3.3: subtract the batch mean, divide by the mean l_p norm of the un-centred
+    activations ("before shifting the mean"); p = inf divides by max |x|. Running averages serve eval mode."""
+
+    def __init__(self, num_features: int, p: float, eps: float, momentum: float, affine: bool):
+        super().__init__()
+        self.p, self.eps, self.momentum = p, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_scale", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = _units_last(x)
+        if self.training:
+            mean = a.mean(0)
+            scale = a.abs().amax(0) if self.p == float("inf") else a.abs().pow(self.p).mean(0).pow(1 / self.p)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_scale.lerp_(scale, self.momentum)
+        else:
+            mean, scale = self.running_mean, self.running_scale
+        y = (a - mean) / (scale + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return _units_back(y, x)
 
 
 def _none(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:
@@ -20,13 +88,26 @@ def _batch(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:
     return cls(num_features, eps=cfg.eps, momentum=cfg.momentum, affine=cfg.affine)
 
 
+def _noise(cfg: DictConfig) -> AlgOneNoise:
+    return AlgOneNoise(cfg.noise_mu, cfg.noise_sigma, cfg.noise_r_mu, cfg.noise_r_sigma)
+
+
+def _lp(num_features: int, spatial: bool, cfg: DictConfig, p: float) -> nn.Module:
+    return LpNorm(num_features, p, cfg.eps, cfg.momentum, cfg.affine)
+
+
 NORMALIZERS: dict[str, Callable[[int, bool, DictConfig], nn.Module]] = {
     "none": _none,
     "batch": _batch,
+    "noisy_batch": lambda n, spatial, cfg: nn.Sequential(_batch(n, spatial, cfg), _noise(cfg)),  # noise after BN
+    "noisy_none": lambda n, spatial, cfg: _noise(cfg),  # the same noise on the standard network
+    "lp1": partial(_lp, p=1.0),
+    "lp2": partial(_lp, p=2.0),
+    "lpinf": partial(_lp, p=float("inf")),
 }
 
 # Normalisers that subtract a mean make the preceding bias redundant: beta takes its role (Ioffe §3.2).
-NORMALIZERS_WITH_SHIFT = {"batch"}
+NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf"}
 
 # Normalisers whose training-mode output depends on other examples in the batch (a batch of one is degenerate).
-BATCH_DEPENDENT = {"batch"}
+BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf"}

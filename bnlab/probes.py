@@ -8,6 +8,7 @@ bitwise as if the probe never happened.
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 from bnlab.models import Net
 
@@ -64,3 +65,127 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
         row["above"] = int((flat > hist_range).sum())
         rows.append(row)
     return rows
+
+
+LOSSES = {
+    "cross_entropy": lambda out, y: F.cross_entropy(out, y),
+    "mse": lambda out, y: F.mse_loss(out, y),
+    "mse_sum": lambda out, y: F.mse_loss(out, y, reduction="sum"),  # Santurkar's DLN: lr 1e-6 implies a sum
+}
+
+
+def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[torch.Tensor], rng: torch.Tensor):
+    """Loss and gradients on (x, y) with the RNG reset first, so a noisy normaliser draws the same noise."""
+    torch.set_rng_state(rng)
+    loss = loss_fn(model(x), y)
+    return loss.item(), torch.autograd.grad(loss, params)
+
+
+def _flat(ts) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float,
+                             layers: list[int]) -> list[dict]:
+    """Santurkar et al. Def. 2.1: G = grad of layer i's weight; G' = the same after every layer below i has
+    taken its own gradient step (on the same batch, same noise draw). Returns l2 distance and cosine."""
+    rows = []
+    with frozen(model):
+        model.train()
+        rng = torch.get_rng_state()
+        params = list(model.parameters())
+        _, grads = _grads(model, x, y, loss_fn, params, rng)
+        grad_of = dict(zip(map(id, params), grads, strict=True))
+        for i in layers:
+            weight = model.blocks[i].linear.weight
+            below = [p for b in model.blocks[:i] for p in b.parameters()]
+            saved = [p.detach().clone() for p in below]
+            with torch.no_grad():
+                for p in below:
+                    p.sub_(lr * grad_of[id(p)])
+            _, (g_after,) = _grads(model, x, y, loss_fn, [weight], rng)
+            with torch.no_grad():
+                for p, s in zip(below, saved, strict=True):
+                    p.copy_(s)
+            g = grad_of[id(weight)]
+            rows.append({"kind": "ics", "layer": i, "l2": (g - g_after).norm().item(),
+                         "cos": F.cosine_similarity(g.flatten(), g_after.flatten(), dim=0).item()})
+    return rows
+
+
+def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, multipliers: list[float],
+              seed: int) -> list[dict]:
+    """Santurkar et al. §3.1 / Fig. 4: move c * lr along the gradient (and, as the control of S7, along a
+    random direction of the same norm) and record the loss range, the largest gradient change (gradient
+    predictiveness) and the largest ||grad change|| / ||step|| (effective beta-smoothness)."""
+    rows = []
+    with frozen(model):
+        model.train()
+        rng = torch.get_rng_state()
+        params = list(model.parameters())
+        loss0, g = _grads(model, x, y, loss_fn, params, rng)
+        g_flat = _flat(g)
+        gen = torch.Generator().manual_seed(seed)
+        rand = [torch.randn(p.shape, generator=gen) for p in params]
+        scale = g_flat.norm() / _flat(rand).norm()
+        saved = [p.detach().clone() for p in params]
+        for name, direction in (("gradient", g), ("random", [r * scale for r in rand])):
+            losses, changes, betas = [loss0], [], []
+            for c in multipliers:
+                with torch.no_grad():
+                    for p, s, d in zip(params, saved, direction, strict=True):
+                        p.copy_(s - c * lr * d)
+                loss_c, g_c = _grads(model, x, y, loss_fn, params, rng)
+                change = (_flat(g_c) - g_flat).norm().item()
+                losses.append(loss_c)
+                changes.append(change)
+                betas.append(change / (c * lr * g_flat.norm().item() + 1e-30))
+            rows.append({"kind": "landscape", "direction": name, "loss": loss0, "loss_min": min(losses),
+                         "loss_max": max(losses), "grad_change": max(changes), "beta": max(betas)})
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    return rows
+
+
+class MomentTracker:
+    """Santurkar et al. Fig. 8: per training step, |mu_{t+1} - mu_t| and |var_{t+1} - var_t| of the batch
+    moments of units 0..k-1 of every hidden layer's nonlinearity input. Only the training forward counts."""
+
+    def __init__(self, model: Net, units: int):
+        self.units, self.active = units, False
+        n = len(model.blocks)
+        self.prev: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
+        self.changes: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per layer: rows of (dmean, dvar)
+        for layer, block in enumerate(model.blocks):
+            block.norm.register_forward_hook(self._hook(layer))
+
+    def _hook(self, layer: int):
+        def hook(module, inputs, out):
+            if not self.active:
+                return
+            a = out.detach()
+            a = (a if a.ndim == 2 else a.transpose(0, 1).reshape(a.shape[1], -1).T)[:, :self.units]
+            moments = (a.mean(0), a.var(0))
+            if self.prev[layer] is not None:
+                pm, pv = self.prev[layer]
+                self.changes[layer].append(torch.stack([(moments[0] - pm).abs(), (moments[1] - pv).abs()]))
+            self.prev[layer] = moments
+        return hook
+
+    def rows(self) -> list[dict]:
+        """Medians over the steps since the last call and over the tracked units, per layer; then reset."""
+        out = []
+        for layer, changes in enumerate(self.changes):
+            if changes:
+                c = torch.stack(changes)  # steps x 2 x units
+                out.append({"kind": "moments", "layer": layer, "dmean": c[:, 0].median().item(),
+                            "dvar": c[:, 1].median().item()})
+            self.changes[layer] = []
+        return out
+
+    def state_dict(self) -> dict:
+        return {"prev": self.prev, "changes": self.changes}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.prev, self.changes = s["prev"], s["changes"]

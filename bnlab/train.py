@@ -24,7 +24,7 @@ from bnlab.config import run_identity
 from bnlab.data import Dataset, load_dataset
 from bnlab.models import ACTIVATIONS, ARCHS, INITS, Net, build_model
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
-from bnlab.probes import activation_stats
+from bnlab.probes import LOSSES, MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
 
 
@@ -42,6 +42,11 @@ def validate(cfg: DictConfig) -> None:
     choice("model.arch", cfg.model.arch, ARCHS)
     choice("model.init", cfg.model.init, INITS)
     choice("wandb.mode", cfg.wandb.mode, ("disabled", "offline", "online"))
+    choice("trainer.loss", cfg.trainer.loss, LOSSES)
+    for layer in cfg.trainer.ics_layers:
+        if not 0 < layer < (cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)):
+            raise ConfigError(f"trainer.ics_layers: {layer} is not a hidden layer with layers below it "
+                              "(0-based; the first hidden layer has nothing below it)")
     positive = {"optim.lr": cfg.optim.lr, "trainer.steps": cfg.trainer.steps,
                 "trainer.batch_size": cfg.trainer.batch_size, "trainer.eval_every": cfg.trainer.eval_every,
                 "trainer.probe_every": cfg.trainer.probe_every, "trainer.checkpoint_every":
@@ -84,22 +89,29 @@ class BatchOrder:
 
 
 @torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, chunk: int = 2000) -> tuple[float, float]:
-    """Mean loss and accuracy in eval mode (running statistics), the way a deployed model is scored."""
+def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str, chunk: int = 1000) -> tuple[float, float | None]:
+    """Loss and accuracy in eval mode (running statistics), the way a deployed model is scored.
+
+    Cross-entropy and `mse` are averaged; `mse_sum` is summed over the whole set, as it is trained."""
     was_training = model.training
     model.eval()
-    loss, correct = 0.0, 0
+    total, correct = 0.0, 0
     for i in range(0, len(x), chunk):
         out = model(x[i:i + chunk])
-        loss += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
-        correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
+        if loss == "cross_entropy":
+            total += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
+            correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
+        else:
+            total += F.mse_loss(out, y[i:i + chunk], reduction="sum").item()
     model.train(was_training)
-    return loss / len(x), correct / len(x)
+    if loss == "cross_entropy":
+        return total / len(x), correct / len(x)
+    return (total if loss == "mse_sum" else total / y.numel()), None
 
 
 def _dataset(cfg: DictConfig) -> Dataset:
     d = cfg.data
-    return load_dataset(d.name, d.root, d.download, d.verify, d.preprocess)
+    return load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
 
 
 def train(cfg: DictConfig, out_dir: str) -> dict:
@@ -130,6 +142,10 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
     state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
 
+    loss_fn = LOSSES[tc.loss]
+    classify = tc.loss == "cross_entropy"
+    tracker = MomentTracker(model, tc.moment_units) if tc.moment_units else None
+
     ck = torch.load(run.checkpoint_path, weights_only=False) if run.checkpoint_path.exists() else None
     resumed = ck is not None and ck["identity"] == identity  # a checkpoint of another config is discarded
     if resumed:
@@ -138,22 +154,27 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         order.load_state_dict(ck["order"])
         torch.set_rng_state(ck["rng"])
         state = ck["state"]
-        for name in ("metrics.jsonl", "activations.jsonl"):  # rows past the checkpoint are recomputed
-            run.write_rows(name, [r for r in read_jsonl(run.path / name) if r["step"] <= state["step"]])
-    else:
-        for name in ("metrics.jsonl", "activations.jsonl"):
-            run.write_rows(name, [])
+        if tracker:
+            tracker.load_state_dict(ck["tracker"])
+    # Rows logged after the checkpoint are recomputed. Probes of the training batch are logged before that
+    # step's update, so the checkpoint's own step is measured again.
+    keep = {"metrics.jsonl": lambda r: r["step"] <= state["step"], "activations.jsonl": lambda r: r["step"] <=
+            state["step"], "probes.jsonl": lambda r: r["step"] < state["step"]}
+    for name, ok in keep.items():
+        run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if resumed else [])
 
     mirror = WandbMirror(cfg, run.path, name=run.path.name)
     status, diverged_at = "finished", None
     try:
         def log_eval(step: int) -> dict:
-            test_loss, test_acc = evaluate(model, test_x, test_y)
+            test_loss, test_acc = evaluate(model, test_x, test_y, tc.loss)
             seen = max(state["seen"], 1)
             row = {"step": step, "test_loss": test_loss, "test_acc": test_acc,
                    "train_loss": state["loss_sum"] / seen if state["seen"] else None,
-                   "train_acc": state["correct"] / seen if state["seen"] else None,
+                   "train_acc": state["correct"] / seen if state["seen"] and classify else None,
                    "train_time": state["train_time"]}
+            if tracker:
+                row.update({f"{k}_L{m['layer']}": m[k] for m in tracker.rows() for k in ("dmean", "dvar")})
             state.update(loss_sum=0.0, correct=0, seen=0)
             run.append_rows("metrics.jsonl", [row])
             mirror.log(row, step)
@@ -176,8 +197,23 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         while state["step"] < tc.steps:
             idx = order.next().to(device)
             x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
+            done = state["step"]
+            ics_now = tc.ics_every and done % tc.ics_every == 0
+            landscape_now = tc.landscape_every and done % tc.landscape_every == 0
+            if ics_now or landscape_now:  # on this step's batch, before its update; not timed as training
+                state["train_time"] += time.perf_counter() - tick
+                rows = internal_covariate_shift(model, x, y, loss_fn, cfg.optim.lr, tc.ics_layers) if ics_now else []
+                if landscape_now:
+                    rows += landscape(model, x, y, loss_fn, cfg.optim.lr, tc.landscape_steps,
+                                      seed=cfg.seed * 1_000_003 + done)  # random direction: own generator
+                run.append_rows("probes.jsonl", [{"step": done, **r} for r in rows])
+                tick = time.perf_counter()
+            if tracker:
+                tracker.active = True
             out = model(x)
-            loss = F.cross_entropy(out, y)
+            if tracker:
+                tracker.active = False
+            loss = loss_fn(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -186,7 +222,8 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
             if state["initial_loss"] is None:
                 state["initial_loss"] = loss_value
             state["loss_sum"] += loss_value * len(y)
-            state["correct"] += (out.argmax(1) == y).sum().item()
+            if classify:
+                state["correct"] += (out.argmax(1) == y).sum().item()
             state["seen"] += len(y)
             interval_loss = state["loss_sum"] / state["seen"]
             if not math.isfinite(loss_value) or (step % tc.eval_every == 0 and
@@ -205,7 +242,8 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                 if step % tc.checkpoint_every == 0 and step < tc.steps:
                     atomic_torch_save({"identity": identity, "model": model.state_dict(), "opt": opt.state_dict(),
                                        "order": order.state_dict(), "rng": torch.get_rng_state(),
-                                       "state": state}, run.checkpoint_path)
+                                       "state": state, "tracker": tracker.state_dict() if tracker else None},
+                                      run.checkpoint_path)
                 bar.update(step - bar.n)
                 tick = time.perf_counter()
         bar.close()
@@ -214,7 +252,7 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         raise
     mirror.close()
     metrics = read_jsonl(run.path / "metrics.jsonl")
-    finite = [r["test_acc"] for r in metrics if r["test_loss"] is not None and math.isfinite(r["test_loss"])]
+    finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
     summary = {
         "status": status, "identity": identity, "experiment": cfg.experiment, "seed": cfg.seed,
         "steps": state["step"], "diverged_at": diverged_at, "resumed": resumed,
