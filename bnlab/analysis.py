@@ -74,3 +74,57 @@ def fraction_beyond(acts: pd.DataFrame, limit: float, hist_range: float) -> pd.S
         return (outer + row["below"] + row["above"]) / (h.sum() + row["below"] + row["above"])
 
     return acts.apply(one, axis=1)
+
+
+def final_score(run) -> float:
+    """A run's final test accuracy; a diverged run counts as chance."""
+    return float(run.final_test_acc) if run.status == "finished" else CHANCE
+
+
+def paired_difference(runs: pd.DataFrame, arm: str, reference: str, **where) -> list[float]:
+    """Final test accuracy of `arm` minus `reference` (norm names), in points, paired by learning rate and seed."""
+    runs = select(runs, **where) if where else runs
+    out = []
+    for _, g in runs.groupby(["optim.lr", "seed"]):
+        by_arm = {r["norm.name"]: final_score(r) for _, r in g.iterrows()}
+        if arm in by_arm and reference in by_arm:
+            out.append(100 * (by_arm[arm] - by_arm[reference]))
+    return out
+
+
+def paired_ratio(runs: pd.DataFrame, arm: str, reference: str, value, pair_on=("optim.lr", "seed")) -> list[float]:
+    """value(run of arm) / value(run of reference), paired on the given config columns; value may return a
+    dict (e.g. per layer), in which case the ratios are taken key by key."""
+    out = []
+    for _, g in runs.groupby(list(pair_on)):
+        a, b = select(g, norm__name=arm), select(g, norm__name=reference)
+        if len(a) and len(b):
+            va, vb = value(a.iloc[0]), value(b.iloc[0])
+            if isinstance(va, dict):
+                out += [va[k] / vb[k] for k in va if k in vb and vb[k]]
+            elif vb:
+                out.append(va / vb)
+    return out
+
+
+def probe_median(run, kind: str, column: str, first: float = 0.0, last: float = 1.0, by_layer: bool = False,
+                 **where):
+    """Median of a probe column over the probes between fractions `first` and `last` of training."""
+    p = collect.probes(run.path)
+    if not len(p):
+        return {} if by_layer else math.nan
+    p = p[p.kind == kind]
+    for k, v in where.items():
+        p = p[p[k] == v]
+    steps = run["trainer.steps"]
+    p = p[(p.step >= first * steps) & (p.step <= last * steps)]
+    if by_layer:
+        return p.groupby("layer")[column].median().to_dict()
+    return float(p[column].median())
+
+
+def moment_change(run, layers=None) -> dict:
+    """Median per-step change of unit means (Santurkar Fig. 8) per hidden layer over the whole run."""
+    m = collect.metrics(run.path)
+    cols = [c for c in m.columns if c.startswith("dmean_L")]
+    return {int(c[7:]): float(m[c].median()) for c in cols if layers is None or int(c[7:]) in layers}

@@ -46,3 +46,8 @@ def metrics(run_path: str | Path) -> pd.DataFrame:
 
 def activations(run_path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(Path(run_path) / "activations.jsonl"))
+
+
+def probes(run_path: str | Path) -> pd.DataFrame:
+    """ICS and landscape probe rows (bnlab.probes), one per probe, measured before that step's update."""
+    return pd.DataFrame(read_jsonl(Path(run_path) / "probes.jsonl"))

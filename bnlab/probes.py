@@ -141,7 +141,8 @@ def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, 
                 changes.append(change)
                 betas.append(change / (c * lr * g_flat.norm().item() + 1e-30))
             rows.append({"kind": "landscape", "direction": name, "loss": loss0, "loss_min": min(losses),
-                         "loss_max": max(losses), "grad_change": max(changes), "beta": max(betas)})
+                         "loss_max": max(losses), "range": max(losses) - min(losses), "grad_change": max(changes),
+                         "beta": max(betas)})
         with torch.no_grad():
             for p, s in zip(params, saved, strict=True):
                 p.copy_(s)

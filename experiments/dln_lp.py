@@ -1,0 +1,29 @@
+"""Santurkar et al. 2018 Fig. 13: lp normalisations in the 25-layer deep linear network."""
+
+from bnlab import plots
+from bnlab.analysis import curves, done, paired_ratio, select
+from bnlab.report import Context, Finding
+from experiments.dln import final_train_loss
+
+ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    fig, ax = plots.subplots(1, width=4.0)
+    for arm in ARMS:
+        cs = [c.dropna(subset=["train_loss"]) for c in curves(select(runs, norm__name=arm)).values()]
+        plots.band(ax[0, 0], cs, "step", "train_loss", plots.COLORS[arm], plots.LABELS[arm])
+    ax[0, 0].set(yscale="log", xlabel="step", ylabel="training loss (sum)",
+                 title=f"25-layer linear net, lr {ctx.cfg.optim.lr:g}")
+    ax[0, 0].legend()
+    fig_path = plots.save(fig, ctx.figure_path("loss"))
+    table = runs.groupby("norm.name").final_train_loss.apply(plots.median_range).reset_index()
+    ctx.write_table("final_loss", table, "Deep linear network with lp normalisation: final training loss")
+    return [
+        Finding("S8_dln_lp", [r for p in ("lp1", "lp2", "lpinf")
+                              for r in paired_ratio(runs, p, "none", final_train_loss)],
+                "final training loss, lp / standard, per p and seed", fig_path),
+        Finding("S8_dln_l1", paired_ratio(runs, "lp1", "batch", final_train_loss),
+                "final training loss, l1 / BN, per seed", fig_path),
+    ]

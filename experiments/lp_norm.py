@@ -1,0 +1,41 @@
+"""Santurkar et al. 2018 Fig. 5, 6 and 12: lp normalisations against BN and none on the 6 x 100 ReLU MLP."""
+
+from bnlab import plots
+from bnlab.analysis import curves, done, moment_change, paired_difference, paired_ratio, select
+from bnlab.report import Context, Finding
+
+ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
+LP = ("lp1", "lp2", "lpinf")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    lrs = sorted(runs["optim.lr"].unique())
+    fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
+    for i, lr in enumerate(lrs):
+        for arm in ARMS:
+            plots.band(ax[0, i], list(curves(select(runs, norm__name=arm, optim__lr=lr)).values()), "step",
+                       "test_acc", plots.COLORS[arm], plots.LABELS[arm])
+        ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="test accuracy",
+                     ylim=(0.5, 1))
+        ax[0, i].legend(fontsize=7)
+    for arm in ARMS:
+        per_layer = [moment_change(row) for _, row in select(runs, norm__name=arm, optim__lr=lrs[0]).iterrows()]
+        if per_layer:
+            layers = sorted(per_layer[0])
+            ax[0, -1].plot([layer + 1 for layer in layers],
+                           [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers],
+                           marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
+    ax[0, -1].set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
+                  title=f"per-step mean change, lr {lrs[0]:g}")
+    ax[0, -1].legend(fontsize=7)
+    fig_path = plots.save(fig, ctx.figure_path("accuracy_moments"))
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    ctx.write_table("final_acc", table, "lp normalisation: final test accuracy (diverged runs excluded)")
+    low = select(runs, optim__lr=lrs[0])
+    return [
+        Finding("S8_lp_match", [d for p in LP for d in paired_difference(runs, p, "batch")],
+                "lp minus BN, points, over p in {1, 2, inf}, learning rates and seeds", fig_path),
+        Finding("S8_lp_shift", [r for p in LP for r in paired_ratio(low, p, "none", moment_change)],
+                "median per-step mean change, lp / standard, per p, layer and seed", fig_path),
+    ]

@@ -1,0 +1,48 @@
+"""Santurkar et al. 2018 Fig. 2 and 8: noisy BN trains like BN although its distributions move more."""
+
+from bnlab import plots
+from bnlab.analysis import curves, done, moment_change, paired_difference, paired_ratio, select
+from bnlab.report import Context, Finding
+
+ARMS = ("none", "batch", "noisy_batch", "noisy_none")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    lrs = sorted(runs["optim.lr"].unique())
+    fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
+    for i, lr in enumerate(lrs):
+        for arm in ARMS:
+            cs = [c.dropna(subset=["train_acc"]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
+            plots.band(ax[0, i], cs, "step", "train_acc", plots.COLORS.get(arm, "#d62728"),
+                       plots.LABELS.get(arm, "noise, no BN"))
+        ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="training accuracy",
+                     ylim=(0, 1))
+        ax[0, i].legend(fontsize=7)
+    # Fig. 8: per-step change of unit means, per layer, lr = the smallest rate
+    for arm in ARMS:
+        r = select(runs, norm__name=arm, optim__lr=lrs[0])
+        per_layer = [moment_change(row) for _, row in r.iterrows()]
+        if per_layer:
+            layers = sorted(per_layer[0])
+            ax[0, -1].plot([layer + 1 for layer in layers],
+                           [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers],
+                           marker="o", ms=3, color=plots.COLORS.get(arm, "#d62728"),
+                           label=plots.LABELS.get(arm, "noise, no BN"))
+    ax[0, -1].set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
+                  title=f"per-step mean change, lr {lrs[0]:g}")
+    ax[0, -1].legend(fontsize=7)
+    fig_path = plots.save(fig, ctx.figure_path("training_moments"))
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    ctx.write_table("final_acc", table, "Noisy BN: final test accuracy (diverged runs excluded)")
+    low = select(runs, optim__lr=lrs[0])
+    return [
+        Finding("S2_noisy_matches_bn", paired_difference(runs, "noisy_batch", "batch"), "noisy BN minus BN, points",
+                fig_path),
+        Finding("S2_noisy_beats_standard", paired_difference(runs, "noisy_batch", "none"),
+                "noisy BN minus standard, points", fig_path),
+        Finding("S2_noise_hurts_standard", paired_difference(runs, "noisy_none", "none"),
+                "noise without BN minus standard, points", fig_path),
+        Finding("S2_less_stable", paired_ratio(low, "noisy_batch", "none", moment_change),
+                "median per-step mean change, noisy BN / standard, per layer and seed", fig_path),
+    ]
