@@ -36,18 +36,19 @@ class AlgOneNoise(nn.Module):
         super().__init__()
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
 
-    def sample(self, rows: int, units: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, rows: int, units: int) -> tuple[torch.Tensor, ...]:
+        """(mu, sigma) per unit and (m, s) per row and unit, for one step."""
         mu = (torch.rand(units) * 2 - 1) * self.n_mu
         sigma = 1 + torch.rand(units) * (self.n_sigma - 1)
         m = mu + (torch.rand(rows, units) * 2 - 1) * self.r_mu
         s = sigma + torch.randn(rows, units) * self.r_sigma
-        return m, s
+        return mu, sigma, m, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
         a = _units_last(x)
-        m, s = self.sample(*a.shape)
+        _, _, m, s = self.sample(*a.shape)
         return _units_back(s.to(a) * a + m.to(a), x)
 
 

@@ -6,10 +6,10 @@ from bnlab.config import ModelConfig, NormConfig
 from bnlab.models import build_model
 
 
-def model(arch="mlp", norm="batch", **kw):
+def model(arch="mlp", norm="batch", in_shape=None, **kw):
     m = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"arch": arch, **kw})
     n = OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": norm})
-    shape = (1, 28, 28) if arch == "mlp" else (3, 32, 32)
+    shape = in_shape or ((1, 28, 28) if arch == "mlp" else (3, 32, 32))
     return build_model(m, n, shape, 10)
 
 

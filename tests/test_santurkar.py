@@ -1,0 +1,149 @@
+"""Property tests behind the 'why does BN work' experiments (Ioffe §3.3, Santurkar Alg. 1, Def. 2.1, Thm 4.1)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from bnlab.config import NormConfig
+from bnlab.norms import NORMALIZERS, AlgOneNoise
+from bnlab.probes import LOSSES, internal_covariate_shift, landscape
+from bnlab.runlog import read_jsonl
+from bnlab.train import train
+from tests.conftest import make_cfg
+from tests.test_models import model
+
+torch.set_default_dtype(torch.float32)
+
+
+def test_alg1_noise_sampler_moments():
+    torch.manual_seed(0)
+    noise = AlgOneNoise(0.5, 1.25, 0.1, 0.1)
+    mus, sigmas, m_dev, s_dev = [], [], [], []
+    for _ in range(400):
+        mu, sigma, m, s = noise.sample(500, 20)
+        mus.append(mu)
+        sigmas.append(sigma)
+        m_dev.append(m - mu)
+        s_dev.append(s - sigma)
+    mus, sigmas = torch.cat(mus), torch.cat(sigmas)
+    m_dev, s_dev = torch.cat(m_dev).flatten(), torch.cat(s_dev).flatten()
+    # mu ~ U(-0.5, 0.5): mean 0, variance 1/12; sigma ~ U(1, 1.25): mean 1.125, variance 0.25^2/12
+    assert abs(mus.mean()) < 0.01 and abs(mus.var() - 1 / 12) < 0.005
+    assert mus.min() > -0.51 and mus.max() < 0.51
+    assert abs(sigmas.mean() - 1.125) < 0.003 and abs(sigmas.var() - 0.25**2 / 12) < 0.0005
+    # m ~ U(mu - 0.1, mu + 0.1): spread variance 0.2^2/12, bounded by 0.1; s ~ N(sigma, 0.1)
+    assert abs(m_dev.mean()) < 1e-3 and abs(m_dev.var() - 0.2**2 / 12) < 1e-4 and m_dev.abs().max() <= 0.1
+    assert abs(s_dev.mean()) < 1e-3 and abs(s_dev.std() - 0.1) < 1e-3
+
+
+def test_noise_only_in_training_mode_and_after_bn():
+    norm = NORMALIZERS["noisy_batch"](8, False, OmegaConf.structured(NormConfig))
+    assert isinstance(norm[0], torch.nn.BatchNorm1d) and isinstance(norm[1], AlgOneNoise)
+    x = torch.randn(32, 8)
+    norm.eval()
+    torch.testing.assert_close(norm(x), norm[0](x))
+
+
+def test_lp_normalisers_match_their_definition():
+    torch.manual_seed(0)
+    x = torch.randn(50, 6) * 3 + 1
+    for name, p in (("lp1", 1.0), ("lp2", 2.0), ("lpinf", math.inf)):
+        norm = NORMALIZERS[name](6, False, OmegaConf.structured(NormConfig)).train()
+        scale = x.abs().amax(0) if p == math.inf else x.abs().pow(p).mean(0).pow(1 / p)  # un-centred (§3.3)
+        torch.testing.assert_close(norm(x), (x - x.mean(0)) / (scale + 1e-5))
+
+
+def test_ics_matches_a_hand_computed_two_layer_example():
+    """Two 1-unit linear layers: out = w2 * (w1 * x), loss = sum (out - y)^2."""
+    net = model("mlp", "none", depth=2, width=1, activation="identity", bias=False, in_shape=(1,))
+    net.head = torch.nn.Identity()
+    w1, w2 = 0.7, -1.3
+    with torch.no_grad():
+        net.blocks[0].linear.weight.fill_(w1)
+        net.blocks[1].linear.weight.fill_(w2)
+    x, y = torch.tensor([[1.0], [2.0], [-1.0]]), torch.tensor([[0.5], [1.0], [2.0]])
+    lr = 0.05
+    xs, ys = x.flatten().double(), y.flatten().double()
+
+    def grads(a, b):  # d/dw of sum (b a x - y)^2
+        r = b * a * xs - ys
+        return (2 * r * b * xs).sum().item(), (2 * r * a * xs).sum().item()
+
+    g1, g2 = grads(w1, w2)
+    g2_after = grads(w1 - lr * g1, w2)[1]  # only the layer below moves
+    [row] = internal_covariate_shift(net, x, y, LOSSES["mse_sum"], lr, [1])
+    assert row["l2"] == pytest.approx(abs(g2 - g2_after), rel=1e-5)
+    assert row["cos"] == pytest.approx(math.copysign(1, g2 * g2_after), abs=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["batch", "noisy_batch"])
+def test_probes_leave_model_and_rng_bit_for_bit_unchanged(norm):
+    torch.manual_seed(0)
+    net = model("mlp", norm, depth=3, activation="relu")
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    net(x)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    ics = internal_covariate_shift(net, x, y, LOSSES["cross_entropy"], 0.1, [1, 2])
+    land = landscape(net, x, y, LOSSES["cross_entropy"], 0.1, [0.5, 1, 2, 4], seed=3)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in net.parameters())
+    # and they are deterministic: same noise draw for every gradient on the same batch
+    assert internal_covariate_shift(net, x, y, LOSSES["cross_entropy"], 0.1, [1, 2]) == ics
+    assert landscape(net, x, y, LOSSES["cross_entropy"], 0.1, [0.5, 1, 2, 4], seed=3) == land
+
+
+def test_training_with_probes_is_the_training_without(data_root, tmp_path):
+    base = ["norm=noisy_batch", "model.activation=relu", "trainer.moment_units=4"]
+    train(make_cfg(data_root, tmp_path, base), str(tmp_path / "plain"))
+    train(make_cfg(data_root, tmp_path, [*base, "trainer.ics_every=3", "trainer.ics_layers=[1,2]",
+                                         "trainer.landscape_every=5"]), str(tmp_path / "probed"))
+    keys = ("step", "test_loss", "test_acc", "train_loss", "train_acc", "dmean_L0", "dvar_L2")
+    rows = [[{k: r.get(k) for k in keys} for r in read_jsonl(tmp_path / d / "metrics.jsonl")]
+            for d in ("plain", "probed")]
+    assert rows[0] == rows[1]
+    kinds = {r["kind"] for r in read_jsonl(tmp_path / "probed" / "probes.jsonl")}
+    assert kinds == {"ics", "landscape"}
+
+
+@pytest.mark.parametrize("a", [0.1, 10.0])
+def test_bn_is_invariant_to_weight_scale_and_its_gradient_scales_as_1_over_a(a):
+    """Ioffe §3.3: BN(Wu) = BN((aW)u) and d BN((aW)u) / d(aW) = (1/a) d BN(Wu) / dW."""
+    torch.manual_seed(0)
+    u, w = torch.randn(64, 20, dtype=torch.float64), torch.randn(10, 20, dtype=torch.float64)
+    upstream = torch.randn(64, 10, dtype=torch.float64)
+
+    def bn_out_and_grad(weight):
+        weight = weight.clone().requires_grad_(True)
+        out = F.batch_norm(u @ weight.T, None, None, training=True, eps=1e-12)
+        (out * upstream).sum().backward()
+        return out.detach(), weight.grad
+
+    out1, g1 = bn_out_and_grad(w)
+    out_a, g_a = bn_out_and_grad(a * w)
+    torch.testing.assert_close(out_a, out1)
+    torch.testing.assert_close(g_a, g1 / a)
+
+
+def test_santurkar_theorem_4_1_gradient_bound():
+    """||grad_y L_hat||^2 <= (gamma^2 / sigma^2) (||grad_y L||^2 - <1, grad_y L>^2 / m - <grad_y L, y_hat>^2 / m)
+    for one unit y = W x followed by BN with fixed gamma, beta; L_hat is the loss through BN."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        m = 32
+        y = (torch.randn(m, generator=gen, dtype=torch.float64) * torch.rand(1, generator=gen, dtype=torch.float64) * 5
+             + torch.randn(1, generator=gen, dtype=torch.float64)).requires_grad_(True)
+        gamma = float(torch.rand(1, generator=gen)) * 3
+        z_grad = torch.randn(m, generator=gen, dtype=torch.float64)  # dL/dz at the BN output z = gamma y_hat + beta
+        mu, sigma = y.mean(), y.var(unbiased=False).sqrt()
+        y_hat = (y - mu) / sigma
+        (gamma * y_hat * z_grad).sum().backward()
+        lhs = (y.grad ** 2).sum()
+        yh = y_hat.detach()
+        rhs = gamma**2 / sigma.detach() ** 2 * ((z_grad ** 2).sum() - z_grad.sum() ** 2 / m
+                                                  - (z_grad @ yh) ** 2 / m)
+        assert lhs <= rhs * (1 + 1e-9) + 1e-12
