@@ -190,3 +190,47 @@ class MomentTracker:
 
     def load_state_dict(self, s: dict) -> None:
         self.prev, self.changes = s["prev"], s["changes"]
+
+
+def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
+    """Deep Learning Book §8.7.1: with cost = mean output and g its gradient, the step eps = target / g.g is
+    predicted to the first order to lower the cost by `target`. Returns actual / predicted change, the whole
+    gradient's norm and the gradient norm of every hidden layer's weight and of the output weight."""
+    with frozen(model):
+        model.train()
+        params = list(model.parameters())
+        cost = model(x).mean()
+        grads = torch.autograd.grad(cost, params)
+        eps = target / sum((g.double() ** 2).sum() for g in grads).item()
+        saved = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(eps * g)
+            after = model(x).mean()
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+        grad_of = dict(zip(map(id, params), grads, strict=True))
+        weights = [b.linear.weight for b in model.blocks] + [model.head.weight]
+        return {"ratio": (after - cost).item() / -target, "grad_norm": _flat(grads).norm().item(),
+                "weight_grad_norms": [grad_of[id(w)].norm().item() for w in weights]}
+
+
+def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: list[float]) -> list[float]:
+    """Bjorck et al. 2018: L(theta - eta grad L) / L(theta) for each step size eta, on one batch."""
+    with frozen(model):
+        model.train()
+        rng = torch.get_rng_state()
+        params = list(model.parameters())
+        loss0, grads = _grads(model, x, y, loss_fn, params, rng)
+        saved = [p.detach().clone() for p in params]
+        out = []
+        for eta in etas:
+            with torch.no_grad():
+                for p, s, g in zip(params, saved, grads, strict=True):
+                    p.copy_(s - eta * g)
+                torch.set_rng_state(rng)
+                out.append(loss_fn(model(x), y).item() / loss0)
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+    return out
