@@ -1,0 +1,88 @@
+"""Bjorck et al. 2018: BN works through the larger learning rates it allows."""
+
+import math
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from bnlab import collect, plots
+from bnlab.analysis import best_lr, done, final_score, score, select
+from bnlab.data import load_dataset
+from bnlab.models import build_model
+from bnlab.probes import LOSSES, relative_loss
+from bnlab.report import Context, Finding
+
+ARMS = ("none", "batch")
+ETAS = np.logspace(-4, 1, 21).tolist()
+
+
+def one_step_curves(ctx: Context, seeds: list[int]) -> dict:
+    """Relative loss after one gradient step at initialisation, per arm and seed, on one fixed batch."""
+    d = ctx.cfg.data
+    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.train.x), generator=gen)[:int(ctx.cfg.claims.B3_one_step_blowup.params.batch)]
+    x, y = data.train.x[idx], data.train.y[idx]
+    out = {}
+    for arm in ARMS:
+        for seed in seeds:
+            torch.manual_seed(seed)  # the same initialisation as the run with this seed
+            norm = OmegaConf.merge(ctx.cfg.norm, {"name": arm})
+            model = build_model(ctx.cfg.model, norm, data.shape, data.num_classes)
+            out[arm, seed] = relative_loss(model, x, y, LOSSES["cross_entropy"], ETAS)
+    return out
+
+
+def first_blowup(ratios: list[float]) -> float:
+    hit = [eta for eta, r in zip(ETAS, ratios, strict=True) if not r <= 1]  # NaN counts as a blow-up
+    return hit[0] if hit else math.inf
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    seeds = sorted(int(s) for s in runs.seed.unique())
+    steps = one_step_curves(ctx, seeds)
+    fig, ax = plots.subplots(3, width=3.3)
+    for arm in ARMS:
+        r = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
+        g = r.groupby("optim.lr").score
+        ax[0, 0].errorbar(g.median().index, g.median(), yerr=[g.median() - g.min(), g.max() - g.median()],
+                          marker="o", ms=3, capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+        for seed in seeds:
+            ax[0, 1].plot(ETAS, steps[arm, seed], color=plots.COLORS[arm], alpha=0.7,
+                          label=plots.LABELS[arm] if seed == seeds[0] else None)
+        first = select(runs, norm__name=arm).sort_values(["optim.lr", "seed"])
+        if len(first):
+            acts = collect.activations(first.path.iloc[0])
+            a = acts[acts.step == 0].sort_values("layer")
+            ax[0, 2].plot(a.layer + 1, a["std"], marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
+    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
+                 title=f"{ctx.cfg.model.depth}-layer ReLU MLP, {ctx.cfg.trainer.steps} steps")
+    ax[0, 1].axhline(1, color="k", lw=0.6, ls="--")
+    ax[0, 1].set(xscale="log", yscale="log", xlabel="step size eta", ylabel="L(theta - eta g) / L(theta)",
+                 title="one step at initialisation")
+    ax[0, 2].set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
+                 title="activation scale at initialisation")
+    for a in ax[0]:
+        a.legend(fontsize=7)
+    fig_path = plots.save(fig, ctx.figure_path("lr_onestep_depth"))
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
+
+    low = min(runs["optim.lr"])
+    small = [abs(100 * (final_score(a) - final_score(b))) for s in seeds
+             for a in [select(runs, norm__name="batch", optim__lr=low, seed=s).iloc[0]]
+             for b in [select(runs, norm__name="none", optim__lr=low, seed=s).iloc[0]]]
+    best = best_lr(runs, "norm.name")
+    own = [100 * (final_score(select(runs, norm__name="batch", optim__lr=best["batch"], seed=s).iloc[0])
+                  - final_score(select(runs, norm__name="none", optim__lr=best["none"], seed=s).iloc[0]))
+           for s in seeds] if best["batch"] > best["none"] else [-math.inf]
+    blowup = [first_blowup(steps["batch", s]) / first_blowup(steps["none", s]) for s in seeds]
+    return [
+        Finding("B1_small_lr_alike", small, f"|BN - none| at lr {low:g}, points", fig_path),
+        Finding("B2_advantage_via_large_lr", own, f"BN (best lr {best['batch']:g}) minus none (best lr "
+                f"{best['none']:g}), points; -inf if BN's best rate is not larger", fig_path),
+        Finding("B3_one_step_blowup", blowup, "smallest eta with a loss increase, BN / none: "
+                + str([(first_blowup(steps['batch', s]), first_blowup(steps['none', s])) for s in seeds]), fig_path),
+    ]
