@@ -55,6 +55,10 @@ class NormConfig:
     noise_sigma: float = 1.25
     noise_r_mu: float = 0.1
     noise_r_sigma: float = 0.1
+    groups: int = 8  # group norm: channels per group = features / groups (Wu & He 2018 use 32 groups)
+    renorm_rmax: float = 3.0  # batch renorm (Ioffe 2017): clip of r = sigma_B / sigma
+    renorm_dmax: float = 5.0  # ... and of d = (mu_B - mu) / sigma
+    renorm_warmup: int = 500  # steps of plain BN (r = 1, d = 0) before the clips open
 
 
 @dataclass
@@ -82,6 +86,8 @@ class TrainerConfig:
     landscape_every: int = 0  # >0: loss and gradient along the gradient step (Santurkar Fig. 4)
     landscape_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # multiples of lr
     checkpoint_every: int = 5000
+    train_eval_size: int = 0  # >0: also score this many training examples in eval mode (train-test gap)
+    save_model: bool = False  # keep the final weights as model.pt (for post-hoc evaluation)
     progress: bool = True
 
 

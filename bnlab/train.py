@@ -131,6 +131,9 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     # The probe batch is the same for every run of every seed, so percentile traces are comparable.
     probe_idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))[:tc.probe_size]
     probe_x = train_x[probe_idx]
+    train_eval = probe_idx if tc.train_eval_size <= tc.probe_size else \
+        torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
+    train_eval = train_eval[:tc.train_eval_size]
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes).to(device)
@@ -175,6 +178,9 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                    "train_time": state["train_time"]}
             if tracker:
                 row.update({f"{k}_L{m['layer']}": m[k] for m in tracker.rows() for k in ("dmean", "dvar")})
+            if tc.train_eval_size:
+                row["train_eval_loss"], row["train_eval_acc"] = evaluate(model, train_x[train_eval],
+                                                                         train_y[train_eval], tc.loss)
             state.update(loss_sum=0.0, correct=0, seen=0)
             run.append_rows("metrics.jsonl", [row])
             mirror.log(row, step)
@@ -263,6 +269,8 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
         **environment(),
     }
+    if tc.save_model:
+        atomic_torch_save(model.state_dict(), run.path / "model.pt")
     run.write_summary(summary)
     run.checkpoint_path.unlink(missing_ok=True)
     return summary
