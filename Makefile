@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SCALE ?= cpu
-EXPERIMENTS ?= fig1
+EXPERIMENTS ?= $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
 JOBS ?= 2
 
 # Where the datasets are: BNLAB_DATA if set, else a sibling ../shared/data (this workplace), else ./data.
@@ -36,14 +36,16 @@ test: lint
 $(EXPERIMENTS): install
 	$(PY) -m bnlab.train experiment=$@ scale=$(SCALE) hydra.launcher.n_jobs=$(JOBS) trainer.progress=false \
 	  || echo "[bnlab] sweep $@ had failing runs; they are listed in the report"
-	$(PY) -m bnlab.report scale=$(SCALE) experiments=$@
+	$(PY) -m bnlab.report --scale $(SCALE)
 
 reproduce: install
-	for e in $(EXPERIMENTS); do \
+	@for e in $(EXPERIMENTS); do \
+	  start=$$(date +%s); \
 	  $(PY) -m bnlab.train experiment=$$e scale=$(SCALE) hydra.launcher.n_jobs=$(JOBS) trainer.progress=false \
 	    || echo "[bnlab] sweep $$e had failing runs; they are listed in the report"; \
+	  echo "[bnlab] $$e: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log; \
 	done
-	$(PY) -m bnlab.report scale=$(SCALE)
+	$(PY) -m bnlab.report --scale $(SCALE)
 
 report: install
-	$(PY) -m bnlab.report scale=$(SCALE)
+	$(PY) -m bnlab.report --scale $(SCALE)

@@ -11,25 +11,16 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from bnlab.config import flatten
 from bnlab.runlog import read_jsonl
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k != "claims":
-            out.update(_flatten(v, key + "."))
-        elif k != "claims":
-            out[key] = tuple(v) if isinstance(v, list) else v
-    return out
 
 
 def runs(sweep_dir: str | Path) -> pd.DataFrame:
     rows = []
     for cfg_path in sorted(Path(sweep_dir).glob("*/config.yaml")):
         run_dir = cfg_path.parent
-        row = _flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))  # type: ignore[arg-type]
+        row = flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))  # type: ignore[arg-type]
+        row = {k: v for k, v in row.items() if k != "claims" and not k.startswith("claims.")}
         try:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):

@@ -8,7 +8,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -127,17 +126,29 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 # Keys that say where or how a run executes, not what it computes: they never change its identity.
-NON_SEMANTIC = ("data.root", "data.download", "trainer.progress", "wandb", "out_root", "claims", "experiment")
+NON_SEMANTIC = ("data.root", "data.download", "data.verify", "trainer.progress", "wandb", "out_root", "claims",
+                "experiment", "hydra")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become tuples so rows stay hashable."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
 
 
 def run_identity(cfg: DictConfig) -> str:
-    """A hash of everything that determines a run's numbers; a finished run is reused only if it matches."""
-    d: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    d.pop("hydra", None)
-    for key in NON_SEMANTIC:
-        head, _, tail = key.partition(".")
-        if tail:
-            d.get(head, {}).pop(tail, None)
-        else:
-            d.pop(head, None)
-    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    """A hash of the values that make a run's numbers and differ from the schema's defaults.
+
+    A finished run is reused only while this matches. Defaults are left out so that adding a new option
+    (with a default that keeps old behaviour) does not invalidate finished runs; like a code change, a
+    changed default is the author's to handle (delete the affected runs)."""
+    values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))  # type: ignore[arg-type]
+    kept = {k: v for k, v in values.items()
+            if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC) and defaults.get(k, ...) != v}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
