@@ -15,6 +15,9 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Paths in configs are anchored here, never at the working directory.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
+# Arithmetic for configs that tie one value to another (steps per epoch, linearly scaled learning rates).
+OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b), replace=True)
+OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 
 
 @dataclass

@@ -80,6 +80,43 @@ class LpNorm(nn.Module):
         return _units_back(y, x)
 
 
+class BatchRenorm(nn.Module):
+    """Ioffe 2017, Batch Renormalization: BN whose batch statistics are corrected towards the running ones,
+    x_hat = (x - mu_B) / sigma_B * r + d with r = clip(sigma_B / sigma, 1/rmax, rmax) and
+    d = clip((mu_B - mu) / sigma, -dmax, dmax) held constant in backprop; plain BN during the warm-up."""
+
+    def __init__(self, num_features: int, cfg: DictConfig):
+        super().__init__()
+        self.eps, self.momentum = cfg.eps, cfg.momentum
+        self.rmax, self.dmax, self.warmup = cfg.renorm_rmax, cfg.renorm_dmax, cfg.renorm_warmup
+        self.weight = nn.Parameter(torch.ones(num_features)) if cfg.affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if cfg.affine else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = _units_last(x)
+        if self.training:
+            mean, var = a.mean(0), a.var(0, unbiased=False)
+            std = (var + self.eps).sqrt()
+            y = (a - mean) / std
+            if self.steps >= self.warmup:
+                running_std = (self.running_var + self.eps).sqrt()
+                r = (std.detach() / running_std).clamp(1 / self.rmax, self.rmax)
+                d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.dmax, self.dmax)
+                y = y * r + d
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(a.var(0, unbiased=True), self.momentum)
+                self.steps += 1
+        else:
+            y = (a - self.running_mean) / (self.running_var + self.eps).sqrt()
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return _units_back(y, x)
+
+
 def _none(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:
     return nn.Identity()
 
@@ -102,13 +139,19 @@ NORMALIZERS: dict[str, Callable[[int, bool, DictConfig], nn.Module]] = {
     "batch": _batch,
     "noisy_batch": lambda n, spatial, cfg: nn.Sequential(_batch(n, spatial, cfg), _noise(cfg)),  # noise after BN
     "noisy_none": lambda n, spatial, cfg: _noise(cfg),  # the same noise on the standard network
+    # Ba et al. 2016: statistics over a layer's units per example (for a conv layer, over C x H x W)
+    "layer": lambda n, spatial, cfg: nn.GroupNorm(1, n, eps=cfg.eps, affine=cfg.affine) if spatial
+    else nn.LayerNorm(n, eps=cfg.eps, elementwise_affine=cfg.affine),
+    # Wu & He 2018: statistics over groups of units per example
+    "group": lambda n, spatial, cfg: nn.GroupNorm(cfg.groups, n, eps=cfg.eps, affine=cfg.affine),
+    "batch_renorm": lambda n, spatial, cfg: BatchRenorm(n, cfg),
     "lp1": partial(_lp, p=1.0),
     "lp2": partial(_lp, p=2.0),
     "lpinf": partial(_lp, p=float("inf")),
 }
 
 # Normalisers that subtract a mean make the preceding bias redundant: beta takes its role (Ioffe §3.2).
-NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf"}
+NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "layer", "group", "batch_renorm"}
 
 # Normalisers whose training-mode output depends on other examples in the batch (a batch of one is degenerate).
-BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf"}
+BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "batch_renorm"}

@@ -1,0 +1,43 @@
+"""Ioffe §3.4: does BN reduce the need for dropout? Test accuracy and train-test gap by dropout rate."""
+
+import pandas as pd
+
+from bnlab import collect, plots
+from bnlab.analysis import done, final_score
+from bnlab.report import Context, Finding
+
+ARMS = ("none", "batch")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    rates = sorted(runs["model.dropout"].unique())
+    rows = []
+    for _, r in runs.iterrows():
+        m = collect.metrics(r.path).iloc[-1]
+        rows.append({"arm": r["norm.name"], "dropout": r["model.dropout"], "seed": int(r.seed),
+                     "test": final_score(r), "gap": m.train_eval_acc - m.test_acc})
+    t = pd.DataFrame(rows)
+    fig, ax = plots.subplots(2, width=3.3)
+    for arm in ARMS:
+        g = t[t.arm == arm].groupby("dropout")
+        for k, col in enumerate(("test", "gap")):
+            med = g[col].median()
+            ax[0, k].errorbar(med.index, med, yerr=[med - g[col].min(), g[col].max() - med], marker="o", ms=3,
+                              capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+    ax[0, 0].set(xlabel="dropout p", ylabel="final test accuracy", title="3 x 256 ReLU MLP, MNIST, 10 epochs")
+    ax[0, 1].set(xlabel="dropout p", ylabel="train (eval mode) - test accuracy", title="generalisation gap")
+    for a in ax[0]:
+        a.legend(fontsize=7)
+    fig_path = plots.save(fig, ctx.figure_path("accuracy_gap"))
+    summary = t.groupby(["arm", "dropout"]).agg(test=("test", plots.median_range), gap=("gap", plots.median_range))
+    ctx.write_table("summary", summary.reset_index(), "Dropout with and without BN (median [min, max] over seeds)")
+    gains = []
+    for seed in sorted(t.seed.unique()):
+        gain = {}
+        for arm in ARMS:
+            s = t[(t.arm == arm) & (t.seed == seed)].set_index("dropout").test
+            with_dropout = [s[p] for p in rates if p > 0 and p in s]
+            gain[arm] = 100 * (max(with_dropout) - s[0.0]) if 0.0 in s and with_dropout else float("nan")
+        gains.append(gain["none"] - gain["batch"])
+    return [Finding("I6_less_dropout_needed", gains, "dropout gain without BN minus with BN, points", fig_path)]
