@@ -74,9 +74,9 @@ def experiment_names() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def experiment_config(name: str, scale: str) -> DictConfig:
+def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={name}", f"scale={scale}"])
+        return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *overrides])
 
 
 def _fmt_values(values: list[float]) -> str:
@@ -87,10 +87,10 @@ def _fmt_values(values: list[float]) -> str:
     return f"{med:.3g} [{min(vals):.3g}, {max(vals):.3g}] (n={len(vals)})"
 
 
-def build_report(scale: str, out_dir: Path) -> str:
+def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> str:
     rows, sections, all_runs = [], [], []
     for name in experiment_names():
-        cfg = experiment_config(name, scale)
+        cfg = experiment_config(name, scale, overrides)
         sweep_dir = Path(cfg.out_root) / scale / name
         runs = collect.runs(sweep_dir)
         findings: list[Finding] = []
@@ -137,10 +137,12 @@ def report_dir(scale: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="cpu", help="which profile's runs to report (smoke | cpu | paper)")
+    parser.add_argument("--out-dir", type=Path, help="where REPORT.md, figures and tables go (default results/)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. out_root=/elsewhere data.root=/data")
     args = parser.parse_args()
-    out_dir = report_dir(args.scale)
+    out_dir = args.out_dir or report_dir(args.scale)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = build_report(args.scale, out_dir)
+    text = build_report(args.scale, out_dir, args.overrides)
     atomic_write_text(out_dir / "REPORT.md", text)
     print(f"[bnlab] wrote {out_dir / 'REPORT.md'}")
 
