@@ -62,8 +62,9 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
         skew = centred.pow(3).mean(1) / var.pow(1.5)
         kurt = centred.pow(4).mean(1) / var.pow(2) - 3
         jarque_bera = a.shape[1] / 6 * (skew.pow(2) + kurt.pow(2) / 4)  # ~ chi2(2) under normality
-        row = {"layer": layer, "mean": mean.item(), "std": std.item(), "skew": skew.nanmedian().item(),
-               "excess_kurtosis": kurt.nanmedian().item(), "jarque_bera": jarque_bera.nanmedian().item()}
+        median = lambda t: torch.nanquantile(t, 0.5).item()  # noqa: E731  (nanmedian takes the lower middle)
+        row = {"layer": layer, "mean": mean.item(), "std": std.item(), "skew": median(skew),
+               "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera)}
         row.update({f"p{int(p)}": v for p, v in zip(PERCENTILES, torch.quantile(flat, q).tolist(), strict=True)})
         for u in range(per_unit.shape[0]):
             row.update({f"u{u}_p{int(p)}": v for p, v in zip(PERCENTILES, per_unit[u].tolist(), strict=True)})

@@ -1,0 +1,72 @@
+"""The per-example normalisers and Batch Renormalization, against their definitions; probe moments vs scipy."""
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from omegaconf import OmegaConf
+
+from bnlab.config import NormConfig
+from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
+from bnlab.probes import activation_stats
+from tests.test_models import model
+
+
+def make(name: str, n: int = 16, spatial: bool = False, **kw):
+    return NORMALIZERS[name](n, spatial, OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": name, **kw}))
+
+
+def test_layer_norm_standardises_each_example_and_ignores_the_batch():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16) * 4 + 2
+    ln = make("layer")
+    y = ln(x)
+    torch.testing.assert_close(y.mean(1), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(8), atol=1e-3, rtol=0)
+    torch.testing.assert_close(ln(x[:1]), y[:1])  # a batch of one gives the same answer: no batch dependence
+    assert "layer" not in BATCH_DEPENDENT and "group" not in BATCH_DEPENDENT
+
+
+def test_group_norm_standardises_each_group():
+    torch.manual_seed(0)
+    x = torch.randn(4, 16) * 3 + 1
+    y = make("group", groups=4)(x).reshape(4, 4, 4)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(4, 4), atol=1e-5, rtol=0)
+
+
+def test_batch_renorm_is_bn_during_warmup_then_corrects_towards_running_statistics():
+    torch.manual_seed(0)
+    brn, bn = make("batch_renorm", renorm_warmup=3), make("batch")
+    for _ in range(3):  # warm-up: identical to BN, running statistics included
+        x = torch.randn(32, 16) * 2 + 1
+        torch.testing.assert_close(brn(x), bn(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(brn.running_mean, bn.running_mean)
+    torch.testing.assert_close(brn.running_var, bn.running_var)
+    x = torch.randn(32, 16) * 2 + 1
+    mu, var = x.mean(0), x.var(0, unbiased=False)
+    run_std = (brn.running_var + 1e-5).sqrt()
+    r = ((var + 1e-5).sqrt() / run_std).clamp(1 / 3, 3)
+    d = ((mu - brn.running_mean) / run_std).clamp(-5, 5)
+    expected = (x - mu) / (var + 1e-5).sqrt() * r + d
+    torch.testing.assert_close(brn(x), expected, atol=1e-5, rtol=1e-5)
+    brn.eval()
+    torch.testing.assert_close(brn(x), (x - brn.running_mean) / (brn.running_var + 1e-5).sqrt())
+
+
+@pytest.mark.parametrize("name", ["layer", "group", "batch_renorm"])
+def test_conv_layers_work_with_every_normaliser(name):
+    net = model("cnn", name)  # 8 groups divide every channel count of the plan
+    out = net(torch.rand(4, 3, 32, 32))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+def test_probe_skewness_kurtosis_and_jarque_bera_match_scipy():
+    torch.manual_seed(0)
+    net = model("mlp", "none", activation="relu", init="normal", init_std=0.05)
+    x = torch.rand(400, 1, 28, 28) ** 3  # skewed inputs
+    row = activation_stats(net, x, units=3, bins=10, hist_range=3.0)[0]
+    a = net.blocks[0].linear(x.flatten(1)).detach().double().numpy()
+    assert row["skew"] == pytest.approx(np.median(scipy.stats.skew(a, axis=0)), rel=1e-3)
+    assert row["excess_kurtosis"] == pytest.approx(np.median(scipy.stats.kurtosis(a, axis=0)), rel=1e-3, abs=1e-4)
+    jb = [scipy.stats.jarque_bera(a[:, u]).statistic for u in range(a.shape[1])]
+    assert row["jarque_bera"] == pytest.approx(np.median(jb), rel=1e-3)
