@@ -47,3 +47,19 @@ def test_missing_data_offline_is_one_clear_message(tmp_path):
                 env_extra={"HYDRA_FULL_ERROR": "0"})
     assert r.returncode != 0
     assert "mnist is not available under data root" in r.stderr and "BNLAB_DATA" in r.stderr
+
+
+def test_submitit_local_launcher_runs_a_sweep(data_root, tmp_path):
+    """The SLURM path (hydra-submitit-launcher) exercised locally: each job a separate submitit process."""
+    r = run_cli(["bnlab.train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                 f"data.root={data_root}", f"out_root={tmp_path}", "seed=0,1", *SHORT])
+    assert r.returncode == 0, r.stderr
+    runs = sorted((tmp_path / "cpu" / "adhoc").glob("*/summary.json"))
+    assert len(runs) == 2 and all(json.loads(p.read_text())["status"] == "finished" for p in runs)
+    assert list((tmp_path / "cpu" / "adhoc").glob(".submitit/*"))
+
+
+def test_slurm_launcher_config_composes():
+    r = run_cli(["bnlab.train", "experiment=fig1", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher"])
+    assert r.returncode == 0, r.stderr
+    assert "SlurmLauncher" in r.stdout and "cpus_per_task: 1" in r.stdout
