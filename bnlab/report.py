@@ -87,7 +87,28 @@ def _fmt_values(values: list[float]) -> str:
     return f"{med:.3g} [{min(vals):.3g}, {max(vals):.3g}] (n={len(vals)})"
 
 
-def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> str:
+README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+
+
+def claims_for_readme(rows: list[dict], out_dir: Path) -> str:
+    """The claims table in short: claim id, source, ours, verdict, with the figure link made README-relative."""
+    table = pd.DataFrame([{"claim": r["claim"].split("**")[1], "source": r["source"], "criterion": r["criterion"],
+                           "measured": r["measured: median [min, max]"], "verdict": r["verdict"],
+                           "figure": r["figure"].replace("](", f"]({out_dir.relative_to(REPO_ROOT)}/")}
+                          for r in rows])
+    return table.to_markdown(index=False)
+
+
+def update_readme(table: str) -> None:
+    readme = REPO_ROOT / "README.md"
+    text = readme.read_text()
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        tail = rest.split(README_END, 1)[1]
+        atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
+
+
+def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict]]:
     rows, sections, all_runs = [], [], []
     for name in experiment_names():
         cfg = experiment_config(name, scale, overrides)
@@ -127,7 +148,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> str:
               "config before the runs, and so does every seed; *partly* = the median meets it but some seed "
               "does not; *not reproduced* = the median does not.\n\n")
     body = pd.DataFrame(rows).to_markdown(index=False) if rows else "(no claims)"
-    return header + "## Claims\n\n" + body + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n"
+    return header + "## Claims\n\n" + body + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows
 
 
 def report_dir(scale: str) -> Path:
@@ -142,8 +163,10 @@ def main() -> None:
     args = parser.parse_args()
     out_dir = args.out_dir or report_dir(args.scale)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = build_report(args.scale, out_dir, args.overrides)
+    text, rows = build_report(args.scale, out_dir, args.overrides)
     atomic_write_text(out_dir / "REPORT.md", text)
+    if out_dir == report_dir("cpu") and args.scale == "cpu":  # the README shows the default profile's verdicts
+        update_readme(claims_for_readme(rows, out_dir))
     print(f"[bnlab] wrote {out_dir / 'REPORT.md'}")
 
 
