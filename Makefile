@@ -47,5 +47,8 @@ reproduce: install
 	done
 	$(PY) -m bnlab.report --scale $(SCALE)
 
+bench: install
+	$(PY) scripts/bench.py
+
 report: install
 	$(PY) -m bnlab.report --scale $(SCALE)

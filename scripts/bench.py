@@ -1,0 +1,138 @@
+"""Speed of a bnlab run against the canonical torchvision + DataLoader training loop, on this machine.
+
+  python scripts/bench.py [--steps 600] [--repeats 3]      (make bench)   ->  results/bench.md
+
+Each configuration is timed `repeats` times, interleaved so that drifts in machine load hit all alike, at one
+thread. Reported: median [min, max] steps/s, the ratio to the canonical loop measured in the same run, and the
+fraction of the FLOP floor (matmul GFLOP/s measured here x FLOPs per training step).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import datasets, transforms
+
+from bnlab.config import REPO_ROOT
+from bnlab.data import _UnverifiedCIFAR10
+from bnlab.models import build_model
+from bnlab.report import experiment_config
+from bnlab.runlog import atomic_write_text
+from bnlab.train import train
+
+WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
+    "MNIST MLP 784-100x3-10 sigmoid, no BN": ("fig1", ["norm=none", "optim.lr=0.5"], 60),
+    "MNIST MLP 784-100x3-10 sigmoid, BN": ("fig1", ["norm=batch", "optim.lr=0.5"], 60),
+    "CIFAR-10 CNN 16-32-64, BN": ("cifar", ["norm=batch", "optim.lr=0.1"], 128),
+}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def flops_per_step(cfg, shape, batch: int) -> float:
+    model = build_model(cfg.model, cfg.norm, shape, 10)
+    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+def canonical(cfg, steps: int, batch: int) -> float:
+    """What most tutorials write: a torchvision Dataset with per-sample transforms and a shuffling DataLoader."""
+    root = cfg.data.root
+    if cfg.data.name == "mnist":
+        normalize = transforms.Normalize((0.1307,), (0.3081,))
+        ds = datasets.MNIST(root, train=True, download=False,
+                            transform=transforms.Compose([transforms.ToTensor(), normalize]))
+        shape = (1, 28, 28)
+    else:
+        ds = _UnverifiedCIFAR10(root, train=True, download=False, transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))]))
+        shape = (3, 32, 32)
+    model = build_model(cfg.model, cfg.norm, shape, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
+    done, t = 0, time.perf_counter()
+    while done < steps:
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    return steps / (time.perf_counter() - t)
+
+
+def bnlab_run(cfg, steps: int) -> float:
+    """The real trainer, evaluation and probes pushed to the end so the number is training speed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.trainer.update(steps=steps, eval_every=steps, probe_every=steps, checkpoint_every=steps, progress=False)
+        return train(cfg, tmp)["steps_per_s"]
+
+
+def median_range(v: list[float]) -> str:
+    return f"{statistics.median(v):.1f} [{min(v):.1f}, {max(v):.1f}]"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600, help="training steps per timing (CNN: a fifth)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    gflops = matmul_gflops()
+    rows = []
+    for name, (experiment, overrides, batch) in WORKLOADS.items():
+        cfg = experiment_config(experiment, "cpu", overrides)
+        steps = args.steps if cfg.model.arch == "mlp" else max(20, args.steps // 5)
+        shape = (1, 28, 28) if cfg.data.name == "mnist" else (3, 32, 32)
+        floor = gflops * 1e9 / flops_per_step(cfg, shape, batch)
+        times = {"canonical": [], "bnlab": []}
+        for _ in range(args.repeats):
+            times["canonical"].append(canonical(cfg, steps, batch))
+            times["bnlab"].append(bnlab_run(cfg.copy(), steps))
+        ratio = statistics.median(times["bnlab"]) / statistics.median(times["canonical"])
+        rows.append(f"| {name} | {median_range(times['canonical'])} | {median_range(times['bnlab'])} | "
+                    f"{ratio:.1f}x | {floor:.0f} | {statistics.median(times['bnlab']) / floor:.0%} | "
+                    f"{50000 / statistics.median(times['bnlab']):.0f} s |")
+        print(rows[-1], flush=True)
+    text = (
+        "# bnlab speed benchmark\n\n"
+        f"Generated by `python scripts/bench.py --steps {args.steps} --repeats {args.repeats}` on "
+        f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores), 1 thread, torch {torch.__version__}, "
+        f"Python {platform.python_version()}. Matmul (2048^3, float32, 1 thread): {gflops:.1f} GFLOP/s.\n\n"
+        "Steps/s are median [min, max] over the repeats. *Canonical*: torchvision Dataset with ToTensor + Normalize "
+        "per sample and a shuffling DataLoader (num_workers=0). *bnlab*: the real trainer (`bnlab.train.train`), "
+        "data held as one in-memory tensor and gathered by index. *Floor*: matmul GFLOP/s / FLOPs per training step "
+        "(matmuls and convolutions only, torch.utils.flop_counter). The last column is a 50,000-step run at the "
+        "bnlab rate, evaluation excluded.\n\n"
+        "| workload | canonical steps/s | bnlab steps/s | bnlab / canonical | floor steps/s | bnlab / floor "
+        "| 50k steps |\n|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+    atomic_write_text(REPO_ROOT / "results" / "bench.md", text)
+    print(f"[bnlab] wrote {Path('results') / 'bench.md'}")
+
+
+if __name__ == "__main__":
+    main()
