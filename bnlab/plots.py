@@ -12,10 +12,10 @@ import pandas as pd  # noqa: E402
 from bnlab.runlog import atomic_write_bytes  # noqa: E402
 
 # One colour per normaliser, the same in every figure.
-COLORS = {"none": "#444444", "batch": "#1f77b4", "noisy_batch": "#9467bd", "layer": "#2ca02c",
+COLORS = {"none": "#444444", "batch": "#1f77b4", "noisy_batch": "#9467bd", "noisy_none": "#d62728", "layer": "#2ca02c",
           "group": "#17becf", "batch_renorm": "#ff7f0e", "lp1": "#8c564b", "lp2": "#e377c2",
           "lpinf": "#bcbd22"}
-LABELS = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN", "layer": "LayerNorm",
+LABELS = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN", "noisy_none": "noise, no BN", "layer": "LayerNorm",
           "group": "GroupNorm", "batch_renorm": "BatchRenorm", "lp1": "ℓ1 norm", "lp2": "ℓ2 norm",
           "lpinf": "ℓ∞ norm"}
 

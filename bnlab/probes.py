@@ -93,6 +93,13 @@ def _flat(ts) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
+def _assign(params: list[torch.Tensor], values) -> None:
+    """Overwrite parameters in place (outside autograd): probes move the model, then put it back."""
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+
+
 def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float,
                              layers: list[int]) -> list[dict]:
     """Santurkar et al. Def. 2.1: G = grad of layer i's weight; G' = the same after every layer below i has
@@ -108,13 +115,9 @@ def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_
             weight = model.blocks[i].linear.weight
             below = [p for b in model.blocks[:i] for p in b.parameters()]
             saved = [p.detach().clone() for p in below]
-            with torch.no_grad():
-                for p in below:
-                    p.sub_(lr * grad_of[id(p)])
+            _assign(below, [s - lr * grad_of[id(p)] for p, s in zip(below, saved, strict=True)])
             _, (g_after,) = _grads(model, x, y, loss_fn, [weight], rng)
-            with torch.no_grad():
-                for p, s in zip(below, saved, strict=True):
-                    p.copy_(s)
+            _assign(below, saved)
             g = grad_of[id(weight)]
             rows.append({"kind": "ics", "layer": i, "l2": (g - g_after).norm().item(),
                          "cos": F.cosine_similarity(g.flatten(), g_after.flatten(), dim=0).item()})
@@ -140,9 +143,7 @@ def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, 
         for name, direction in (("gradient", g), ("random", [r * scale for r in rand])):
             losses, changes, betas = [loss0], [], []
             for c in multipliers:
-                with torch.no_grad():
-                    for p, s, d in zip(params, saved, direction, strict=True):
-                        p.copy_(s - c * lr * d)
+                _assign(params, [s - c * lr * d for s, d in zip(saved, direction, strict=True)])
                 loss_c, g_c = _grads(model, x, y, loss_fn, params, rng)
                 change = (_flat(g_c) - g_flat).norm().item()
                 losses.append(loss_c)
@@ -151,9 +152,7 @@ def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, 
             rows.append({"kind": "landscape", "direction": name, "loss": loss0, "loss_min": min(losses),
                          "loss_max": max(losses), "range": max(losses) - min(losses), "grad_change": max(changes),
                          "beta": max(betas)})
-        with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
+        _assign(params, saved)
     return rows
 
 
@@ -211,12 +210,10 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
         grads = torch.autograd.grad(cost, params)
         eps = target / sum((g.double() ** 2).sum() for g in grads).item()
         saved = [p.detach().clone() for p in params]
+        _assign(params, [s - eps * g for s, g in zip(saved, grads, strict=True)])
         with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(eps * g)
             after = model(x).mean()
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
+        _assign(params, saved)
         grad_of = dict(zip(map(id, params), grads, strict=True))
         weights = [b.linear.weight for b in model.blocks] + [model.head.weight]
         return {"ratio": (after - cost).item() / -target, "grad_norm": _flat(grads).norm().item(),
@@ -233,12 +230,9 @@ def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: l
         saved = [p.detach().clone() for p in params]
         out = []
         for eta in etas:
+            _assign(params, [s - eta * g for s, g in zip(saved, grads, strict=True)])
+            torch.set_rng_state(rng)
             with torch.no_grad():
-                for p, s, g in zip(params, saved, grads, strict=True):
-                    p.copy_(s - eta * g)
-                torch.set_rng_state(rng)
                 out.append(loss_fn(model(x), y).item() / loss0)
-        with torch.no_grad():
-            for p, s in zip(params, saved, strict=True):
-                p.copy_(s)
+        _assign(params, saved)
     return out

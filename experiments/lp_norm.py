@@ -3,6 +3,7 @@
 from bnlab import plots
 from bnlab.analysis import curves, done, moment_change, paired_difference, paired_ratio, select
 from bnlab.report import Context, Finding
+from experiments.noisy_bn import draw_moment_changes
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
 LP = ("lp1", "lp2", "lpinf")
@@ -19,16 +20,7 @@ def analyze(ctx: Context) -> list[Finding]:
         ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="test accuracy",
                      ylim=(0.5, 1))
         ax[0, i].legend(fontsize=7)
-    for arm in ARMS:
-        per_layer = [moment_change(row) for _, row in select(runs, norm__name=arm, optim__lr=lrs[0]).iterrows()]
-        if per_layer:
-            layers = sorted(per_layer[0])
-            ax[0, -1].plot([layer + 1 for layer in layers],
-                           [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers],
-                           marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
-    ax[0, -1].set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
-                  title=f"per-step mean change, lr {lrs[0]:g}")
-    ax[0, -1].legend(fontsize=7)
+    draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
     ctx.write_table("final_acc", table, "lp normalisation: final test accuracy (diverged runs excluded)")

@@ -7,6 +7,20 @@ from bnlab.report import Context, Finding
 ARMS = ("none", "batch", "noisy_batch", "noisy_none")
 
 
+def draw_moment_changes(ax, runs, arms, title: str) -> None:
+    """Santurkar Fig. 8 in one panel: median (over seeds) per-step change of unit means, by hidden layer."""
+    for arm in arms:
+        per_layer = [moment_change(row) for _, row in runs[runs["norm.name"] == arm].iterrows()]
+        if per_layer:
+            layers = sorted(per_layer[0])
+            medians = [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers]
+            ax.plot([layer + 1 for layer in layers], medians, marker="o", ms=3, color=plots.COLORS[arm],
+                    label=plots.LABELS[arm])
+    ax.set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
+           title=f"per-step mean change, {title}")
+    ax.legend(fontsize=7)
+
+
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
@@ -14,24 +28,11 @@ def analyze(ctx: Context) -> list[Finding]:
     for i, lr in enumerate(lrs):
         for arm in ARMS:
             cs = [c.dropna(subset=["train_acc"]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
-            plots.band(ax[0, i], cs, "step", "train_acc", plots.COLORS.get(arm, "#d62728"),
-                       plots.LABELS.get(arm, "noise, no BN"))
+            plots.band(ax[0, i], cs, "step", "train_acc", plots.COLORS[arm], plots.LABELS[arm])
         ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="training accuracy",
                      ylim=(0, 1))
         ax[0, i].legend(fontsize=7)
-    # Fig. 8: per-step change of unit means, per layer, lr = the smallest rate
-    for arm in ARMS:
-        r = select(runs, norm__name=arm, optim__lr=lrs[0])
-        per_layer = [moment_change(row) for _, row in r.iterrows()]
-        if per_layer:
-            layers = sorted(per_layer[0])
-            ax[0, -1].plot([layer + 1 for layer in layers],
-                           [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers],
-                           marker="o", ms=3, color=plots.COLORS.get(arm, "#d62728"),
-                           label=plots.LABELS.get(arm, "noise, no BN"))
-    ax[0, -1].set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
-                  title=f"per-step mean change, lr {lrs[0]:g}")
-    ax[0, -1].legend(fontsize=7)
+    draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("training_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
     ctx.write_table("final_acc", table, "Noisy BN: final test accuracy (diverged runs excluded)")
