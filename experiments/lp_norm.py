@@ -1,9 +1,9 @@
 """Santurkar et al. 2018 Fig. 5, 6 and 12: lp normalisations against BN and none on the 6 x 100 ReLU MLP."""
 
 from bnlab import plots
-from bnlab.analysis import curves, done, moment_change, paired_difference, paired_ratio, select
+from bnlab.analysis import done, moment_change, paired_difference, paired_ratio, select
 from bnlab.report import Context, Finding
-from experiments.noisy_bn import draw_moment_changes
+from experiments.noisy_bn import draw_curves_by_lr, draw_moment_changes
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
 LP = ("lp1", "lp2", "lpinf")
@@ -13,13 +13,7 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
     fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
-    for i, lr in enumerate(lrs):
-        for arm in ARMS:
-            plots.band(ax[0, i], list(curves(select(runs, norm__name=arm, optim__lr=lr)).values()), "step",
-                       "test_acc", plots.COLORS[arm], plots.LABELS[arm])
-        ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="test accuracy",
-                     ylim=(0.5, 1))
-        ax[0, i].legend(fontsize=7)
+    draw_curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.5, 1))
     draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()

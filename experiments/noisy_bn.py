@@ -7,6 +7,17 @@ from bnlab.report import Context, Finding
 ARMS = ("none", "batch", "noisy_batch", "noisy_none")
 
 
+def draw_curves_by_lr(axes, runs, arms, lrs, column: str, ylim) -> None:
+    """One panel per learning rate: `column` against steps, median and min-max over seeds, one line per arm."""
+    for ax, lr in zip(axes, lrs, strict=False):
+        for arm in arms:
+            cs = [c.dropna(subset=[column]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
+            plots.band(ax, cs, "step", column, plots.COLORS[arm], plots.LABELS[arm])
+        ax.set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel=column.replace("_", " "),
+               ylim=ylim)
+        ax.legend(fontsize=7)
+
+
 def draw_moment_changes(ax, runs, arms, title: str) -> None:
     """Santurkar Fig. 8 in one panel: median (over seeds) per-step change of unit means, by hidden layer."""
     for arm in arms:
@@ -25,13 +36,7 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
     fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
-    for i, lr in enumerate(lrs):
-        for arm in ARMS:
-            cs = [c.dropna(subset=["train_acc"]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
-            plots.band(ax[0, i], cs, "step", "train_acc", plots.COLORS[arm], plots.LABELS[arm])
-        ax[0, i].set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="training accuracy",
-                     ylim=(0, 1))
-        ax[0, i].legend(fontsize=7)
+    draw_curves_by_lr(ax[0], runs, ARMS, lrs, "train_acc", (0, 1))
     draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("training_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
