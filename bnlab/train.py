@@ -143,7 +143,9 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                           weight_decay=cfg.optim.weight_decay)
     order = BatchOrder(len(train_x), tc.batch_size, cfg.seed)
     # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
-    state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
+    # `probe_time` is what evaluation, probes and checkpoints cost on top of training.
+    state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0,
+             "probe_time": 0.0}
 
     loss_fn = LOSSES[tc.loss]
     classify = tc.loss == "cross_entropy"
@@ -207,13 +209,15 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
             ics_now = tc.ics_every and done % tc.ics_every == 0
             landscape_now = tc.landscape_every and done % tc.landscape_every == 0
             if ics_now or landscape_now:  # on this step's batch, before its update; not timed as training
-                state["train_time"] += time.perf_counter() - tick
+                paused = time.perf_counter()
+                state["train_time"] += paused - tick
                 rows = internal_covariate_shift(model, x, y, loss_fn, cfg.optim.lr, tc.ics_layers) if ics_now else []
                 if landscape_now:
                     rows += landscape(model, x, y, loss_fn, cfg.optim.lr, tc.landscape_steps,
                                       seed=cfg.seed * 1_000_003 + done)  # random direction: own generator
                 run.append_rows("probes.jsonl", [{"step": done, **r} for r in rows])
                 tick = time.perf_counter()
+                state["probe_time"] += tick - paused
             if tracker:
                 tracker.active = True
             out = model(x)
@@ -240,7 +244,8 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                 break
             if step % tc.eval_every == 0 or step % tc.probe_every == 0 or step % tc.checkpoint_every == 0 \
                     or step == tc.steps:
-                state["train_time"] += time.perf_counter() - tick
+                paused = time.perf_counter()
+                state["train_time"] += paused - tick
                 if step % tc.eval_every == 0 or step == tc.steps:
                     log_eval(step)
                 if step % tc.probe_every == 0 or step == tc.steps:
@@ -252,6 +257,7 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
                                       run.checkpoint_path)
                 bar.update(step - bar.n)
                 tick = time.perf_counter()
+                state["probe_time"] += tick - paused
         bar.close()
     except BaseException:
         mirror.close(exit_code=1)
@@ -266,6 +272,7 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
         "best_test_acc": max(finite) if finite else None,
         "final_train_loss": metrics[-1]["train_loss"],
         "train_time_s": state["train_time"],
+        "probe_time_s": state.get("probe_time"),  # evaluation, activation probes, checkpoints
         "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
         **environment(),
     }

@@ -149,3 +149,12 @@ def test_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path, monkey
     assert not s["resumed"]
     train(make_cfg(data_root, tmp_path, ["optim.lr=0.3"]), str(tmp_path / "fresh"))
     assert history(tmp_path / "run") == history(tmp_path / "fresh")
+
+
+def test_wandb_offline_mirrors_into_the_run_directory(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg(data_root, tmp_path, ["wandb.mode=offline"])
+    s = train(cfg, str(tmp_path / "run"))
+    assert s["status"] == "finished"
+    [offline] = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert list(offline.glob("*.wandb")) and s["probe_time_s"] > 0
