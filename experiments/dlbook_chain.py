@@ -65,6 +65,9 @@ def analyze(ctx: Context) -> list[Finding]:
     ax[0, 1].set(xscale="log", yscale="log", xlabel="layers l", ylabel="largest stable lr", title="200 steps")
     ax[0, 2].set(xscale="log", yscale="log", xlabel="layers l", ylabel="lower-layer gradient / whole gradient",
                  title="BN: gradient of the lower layers")
+    for a in ax[0]:
+        a.set_xticks([d + 1 for d in depths], [str(d + 1) for d in depths])
+        a.minorticks_off()
     for a in ax[0, :2]:
         a.legend(fontsize=7)
     fig_path = plots.save(fig, ctx.figure_path("chain"))
