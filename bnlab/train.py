@@ -128,12 +128,10 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     device = torch.device(cfg.device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     test_x, test_y = data.test.x.to(device), data.test.y.to(device)
-    # The probe batch is the same for every run of every seed, so percentile traces are comparable.
-    probe_idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))[:tc.probe_size]
-    probe_x = train_x[probe_idx]
-    train_eval = probe_idx if tc.train_eval_size <= tc.probe_size else \
-        torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
-    train_eval = train_eval[:tc.train_eval_size]
+    # The probe batch and the scored training subset are the same for every run and seed, so traces compare.
+    fixed = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
+    probe_x = train_x[fixed[:tc.probe_size]]
+    train_eval = fixed[:tc.train_eval_size]
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes).to(device)
@@ -163,8 +161,9 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
             tracker.load_state_dict(ck["tracker"])
     # Rows logged after the checkpoint are recomputed. Probes of the training batch are logged before that
     # step's update, so the checkpoint's own step is measured again.
-    keep = {"metrics.jsonl": lambda r: r["step"] <= state["step"], "activations.jsonl": lambda r: r["step"] <=
-            state["step"], "probes.jsonl": lambda r: r["step"] < state["step"]}
+    last = state["step"]
+    keep = {"metrics.jsonl": lambda r: r["step"] <= last, "activations.jsonl": lambda r: r["step"] <= last,
+            "probes.jsonl": lambda r: r["step"] < last}
     for name, ok in keep.items():
         run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if resumed else [])
 
