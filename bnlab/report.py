@@ -117,8 +117,9 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
             f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
             op = "≥" if claim.direction == "ge" else "≤"
             fig = f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else ""
-            rows.append({"claim": f"**{claim_id}** {claim.statement}", "source": claim.source,
-                         "paper": claim.paper, "criterion": f"{op} {claim.threshold:g}",
+            cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (norms like ||g|| inside a table)
+            rows.append({"claim": f"**{claim_id}** {cell(claim.statement)}", "source": cell(claim.source),
+                         "paper": cell(claim.paper), "criterion": f"{op} {claim.threshold:g}",
                          "measured: median [min, max]": plots.median_range(f.values),
                          "verdict": verdict(f.values, claim.threshold, claim.direction), "figure": fig})
             if f.detail:
