@@ -14,7 +14,8 @@ def smoke_report(data_root, tmp_path_factory):
     common = [f"data.root={data_root}", "data.download=false", "data.verify=false", f"out_root={out / 'runs'}"]
     failures = {}
     for name in experiment_names():
-        r = run_cli(["bnlab.train", f"experiment={name}", "scale=smoke", "hydra.launcher.n_jobs=2", *common])
+        # the in-process launcher: no worker start-up per experiment (joblib is covered by test_cli)
+        r = run_cli(["bnlab.train", f"experiment={name}", "scale=smoke", "hydra/launcher=basic", *common])
         if r.returncode != 0:
             failures[name] = r.stderr[-2000:]
     r = run_cli(["bnlab.report", "--scale", "smoke", "--out-dir", str(out / "report"), *common])

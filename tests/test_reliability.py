@@ -15,7 +15,7 @@ from bnlab.train import train
 from tests.conftest import make_cfg, run_cli
 
 pytestmark = pytest.mark.slow
-SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=2500", "trainer.eval_every=100", "trainer.probe_every=500",
+SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=1500", "trainer.eval_every=100", "trainer.probe_every=500",
          "trainer.probe_size=50", "trainer.checkpoint_every=100", "trainer.progress=false", "data.download=false",
          "hydra.launcher.n_jobs=2"]
 
