@@ -51,6 +51,13 @@ def band(ax, curves: list[pd.DataFrame], x: str, y: str, color: str, label: str,
     ax.fill_between(xs, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
 
 
+def errorbar(ax, grouped, color: str, label: str) -> None:
+    """Median over seeds with a min-max error bar at each x of a pandas SeriesGroupBy (x = the group key)."""
+    med = grouped.median()
+    ax.errorbar(med.index, med, yerr=[med - grouped.min(), grouped.max() - med], marker="o", ms=3, capsize=2,
+                color=color, label=label)
+
+
 def median_range(values) -> str:
     """'median [min, max] (n)' over seeds, the way every number in the report is quoted."""
     v = np.asarray([x for x in values if x is not None and not np.isnan(x)], dtype=float)

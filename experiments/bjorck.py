@@ -47,8 +47,7 @@ def analyze(ctx: Context) -> list[Finding]:
     for arm in ARMS:
         r = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
         g = r.groupby("optim.lr").score
-        ax[0, 0].errorbar(g.median().index, g.median(), yerr=[g.median() - g.min(), g.max() - g.median()],
-                          marker="o", ms=3, capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+        plots.errorbar(ax[0, 0], g, plots.COLORS[arm], plots.LABELS[arm])
         for seed in seeds:
             ax[0, 1].plot(ETAS, steps[arm, seed], color=plots.COLORS[arm], alpha=0.7,
                           label=plots.LABELS[arm] if seed == seeds[0] else None)

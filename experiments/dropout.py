@@ -22,9 +22,7 @@ def analyze(ctx: Context) -> list[Finding]:
     for arm in ARMS:
         g = t[t.arm == arm].groupby("dropout")
         for k, col in enumerate(("test", "gap")):
-            med = g[col].median()
-            ax[0, k].errorbar(med.index, med, yerr=[med - g[col].min(), g[col].max() - med], marker="o", ms=3,
-                              capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+            plots.errorbar(ax[0, k], g[col], plots.COLORS[arm], plots.LABELS[arm])
     ax[0, 0].set(xlabel="dropout p", ylabel="final test accuracy", title="3 x 256 ReLU MLP, MNIST, 10 epochs")
     ax[0, 1].set(xlabel="dropout p", ylabel="train (eval mode) - test accuracy", title="generalisation gap")
     for a in ax[0]:

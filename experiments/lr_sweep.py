@@ -52,9 +52,7 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
         for arm in ARMS:
             r = cell[cell["norm.name"] == arm].assign(score=lambda d: score(d))
             g = r.groupby("optim.lr").score
-            lrs = g.median().index.to_numpy()
-            ax.errorbar(lrs, g.median(), yerr=[g.median() - g.min(), g.max() - g.median()], marker="o", ms=3,
-                        capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+            plots.errorbar(ax, g, plots.COLORS[arm], plots.LABELS[arm])
             div = r[r.status == "diverged"].groupby("optim.lr").size()
             if len(div):
                 ax.scatter(div.index, np.zeros(len(div)), marker="x", s=30, color=plots.COLORS[arm],

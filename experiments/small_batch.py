@@ -25,8 +25,7 @@ def analyze(ctx: Context) -> list[Finding]:
     for arm in ARMS:
         r = finished[finished["norm.name"] == arm].assign(score=lambda d: d.apply(final_score, axis=1))
         g = r.groupby("trainer.batch_size").score
-        ax[0, 0].errorbar(g.median().index, g.median(), yerr=[g.median() - g.min(), g.max() - g.median()],
-                          marker="o", ms=3, capsize=2, color=plots.COLORS[arm], label=plots.LABELS[arm])
+        plots.errorbar(ax[0, 0], g, plots.COLORS[arm], plots.LABELS[arm])
     ax[0, 0].set(xscale="log", xticks=sizes, xticklabels=sizes, xlabel="batch size (lr scaled linearly)",
                  ylabel="test accuracy after one epoch", title="MNIST, 2 x 256 ReLU MLP")
     ax[0, 0].legend(fontsize=7)
