@@ -5,11 +5,13 @@
   python -m bnlab.train experiment=fig1              # an experiment config is a whole sweep
 """
 
+import itertools
 import math
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
@@ -22,6 +24,7 @@ from tqdm import tqdm
 
 from bnlab.config import run_identity
 from bnlab.data import Dataset, load_dataset
+from bnlab.fused import StackedMLP, fuse_key
 from bnlab.models import ACTIVATIONS, ARCHS, INITS, Net, build_model
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
 from bnlab.probes import LOSSES, MomentTracker, activation_stats, internal_covariate_shift, landscape
@@ -114,19 +117,100 @@ def _dataset(cfg: DictConfig) -> Dataset:
     return load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
 
 
+class SingleModel:
+    """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
+
+    def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
+                 tracker: MomentTracker | None):
+        self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
+        self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
+
+    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        x, y = self.train_x.index_select(0, idx[0]), self.train_y.index_select(0, idx[0])
+        if self.tracker:
+            self.tracker.active = True
+        out = self.net(x)
+        if self.tracker:
+            self.tracker.active = False
+        loss = self.loss(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None
+
+    def keep(self, members: list[int]) -> None:
+        pass  # one member: when it diverges, training ends
+
+    def member(self, k: int) -> Net:
+        return self.net
+
+    def optimizer_state(self, k: int) -> dict:
+        return self.opt.state_dict()
+
+
+@dataclass
+class Member:
+    """One run of a training process: its directory, batch order, counters and fate."""
+
+    cfg: DictConfig
+    run: RunDir
+    identity: str
+    order: BatchOrder | None = None
+    state: dict = field(default_factory=dict)
+    checkpoint: dict | None = None
+    rng: torch.Tensor | None = None  # the global RNG after initialisation (dropout and noise draw from it)
+    mirror: WandbMirror | None = None
+    status: str = "finished"
+    diverged_at: int | None = None
+
+
 def train(cfg: DictConfig, out_dir: str) -> dict:
     """Train one run into out_dir and return its summary. Resumes from a checkpoint; skips a finished run."""
-    validate(cfg)
-    run = RunDir(out_dir)
-    identity = run_identity(cfg)
-    if run.is_done(identity):
-        return run.summary()  # type: ignore[return-value]
-    torch.set_num_threads(cfg.threads)
+    return train_runs([cfg], [out_dir])[0]
+
+
+def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
+    """Train runs that may share a stack (equal `fused.fuse_key`; any single run does) in this process.
+
+    Each run is resumed from its checkpoint or skipped when finished, exactly as if it trained alone."""
+    for cfg in cfgs:
+        validate(cfg)
+    members = [Member(cfg, RunDir(d), run_identity(cfg)) for cfg, d in zip(cfgs, out_dirs, strict=True)]
+    pending = [m for m in members if not m.run.is_done(m.identity)]
+    if len(pending) > 1 and (None in {fuse_key(m.cfg) for m in pending} or len({fuse_key(m.cfg) for m in pending}) > 1):
+        raise ValueError("train_runs: these runs cannot share a stack; train them one at a time")
+    if pending:
+        cfg = pending[0].cfg
+        torch.set_num_threads(cfg.threads)
+        for m in pending:
+            m.run.prepare(m.cfg)
+            ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
+            m.checkpoint = ck if ck is not None and ck["identity"] == m.identity else None  # another config's: dropped
+        data = _dataset(cfg)
+        # runs resumed from different steps (an earlier partial sweep) catch up as separate stacks
+        for _, group in itertools.groupby(sorted(pending, key=_start_step), key=_start_step):
+            _train_together(list(group), data)
+    return [m.run.summary() for m in members]  # type: ignore[misc]
+
+
+def _start_step(m: Member) -> int:
+    return m.checkpoint["state"]["step"] if m.checkpoint else 0
+
+
+def _trim_logs(run: RunDir, last: int | None) -> None:
+    """Rows logged after the checkpoint (step `last`; None: no checkpoint) are recomputed. Probes of the training
+    batch are logged before that step's update, so the checkpoint's own step is measured again."""
+    keep = {"metrics.jsonl": lambda r: r["step"] <= last, "activations.jsonl": lambda r: r["step"] <= last,
+            "probes.jsonl": lambda r: r["step"] < last}
+    for name, ok in keep.items():
+        run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if last is not None else [])
+
+
+def _train_together(members: list[Member], data: Dataset) -> None:
+    cfg = members[0].cfg
     # Plain dataclasses, resolved once: a DictConfig read costs microseconds (an interpolation far more),
-    # which at batch 2 was most of a training step.
-    tc, oc = OmegaConf.to_object(cfg.trainer), OmegaConf.to_object(cfg.optim)
-    run.prepare(cfg)
-    data = _dataset(cfg)
+    # which at batch 2 was most of a training step. Trainer settings are shared by every member of a stack.
+    tc = OmegaConf.to_object(cfg.trainer)
     device = torch.device(cfg.device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     test_x, test_y = data.test.x.to(device), data.test.y.to(device)
@@ -134,153 +218,178 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     fixed = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
     probe_x = train_x[fixed[:tc.probe_size]]
     train_eval = fixed[:tc.train_eval_size]
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes).to(device)
-    if cfg.model.arch == "cnn":
-        model = model.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
-    opt = torch.optim.SGD(model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
-    order = BatchOrder(len(train_x), tc.batch_size, cfg.seed)
-    # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
-    # `probe_time` is what evaluation, probes and checkpoints cost on top of training.
-    state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0,
-             "probe_time": 0.0}
-
     loss_fn = LOSSES[tc.loss]
     classify = tc.loss == "cross_entropy"
-    tracker = MomentTracker(model, tc.moment_units) if tc.moment_units else None
 
-    ck = torch.load(run.checkpoint_path, weights_only=False) if run.checkpoint_path.exists() else None
-    resumed = ck is not None and ck["identity"] == identity  # a checkpoint of another config is discarded
-    if resumed:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        order.load_state_dict(ck["order"])
-        torch.set_rng_state(ck["rng"])
-        state = ck["state"]
+    nets, opts = [], []
+    tracker = None
+    for m in members:
+        oc = OmegaConf.to_object(m.cfg.optim)
+        torch.manual_seed(m.cfg.seed)
+        net = build_model(m.cfg.model, m.cfg.norm, data.shape, data.num_classes).to(device)
+        if m.cfg.model.arch == "cnn":
+            net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
+        opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
+        m.order = BatchOrder(len(train_x), tc.batch_size, m.cfg.seed)
+        # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
+        # `probe_time` is what evaluation, probes and checkpoints cost on top of training.
+        m.state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0,
+                   "probe_time": 0.0}
+        if tc.moment_units:  # single runs only (fused.fuse_key)
+            tracker = MomentTracker(net, tc.moment_units)
+        ck = m.checkpoint
+        if ck:
+            net.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            m.order.load_state_dict(ck["order"])
+            torch.set_rng_state(ck["rng"])
+            m.state = ck["state"]
+            if tracker:
+                tracker.load_state_dict(ck["tracker"])
+        m.rng = torch.get_rng_state()
+        nets.append(net)
+        opts.append(opt)
+        _trim_logs(m.run, m.state["step"] if ck else None)
+    if len(members) == 1:
+        model = SingleModel(nets[0], opts[0], train_x, train_y, tc.loss, tracker)
+    else:
+        model = StackedMLP(nets, opts, train_x, train_y, tc.loss)
+
+    def log_eval(k: int, m: Member, step: int) -> None:
+        net, state = model.member(k), m.state
+        test_loss, test_acc = evaluate(net, test_x, test_y, tc.loss)
+        seen = max(state["seen"], 1)
+        row = {"step": step, "test_loss": test_loss, "test_acc": test_acc,
+               "train_loss": state["loss_sum"] / seen if state["seen"] else None,
+               "train_acc": state["correct"] / seen if state["seen"] and classify else None,
+               "train_time": state["train_time"]}
         if tracker:
-            tracker.load_state_dict(ck["tracker"])
-    # Rows logged after the checkpoint are recomputed. Probes of the training batch are logged before that
-    # step's update, so the checkpoint's own step is measured again.
-    last = state["step"]
-    keep = {"metrics.jsonl": lambda r: r["step"] <= last, "activations.jsonl": lambda r: r["step"] <= last,
-            "probes.jsonl": lambda r: r["step"] < last}
-    for name, ok in keep.items():
-        run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if resumed else [])
+            row.update({f"{key}_L{r['layer']}": r[key] for r in tracker.rows() for key in ("dmean", "dvar")})
+        if tc.train_eval_size:
+            row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, train_x[train_eval], train_y[train_eval],
+                                                                     tc.loss)
+        state.update(loss_sum=0.0, correct=0, seen=0)
+        m.run.append_rows("metrics.jsonl", [row])
+        m.mirror.log(row, step)
 
-    mirror = WandbMirror(cfg, run.path, name=run.path.name)
-    status, diverged_at = "finished", None
+    def log_probe(k: int, m: Member, step: int) -> None:
+        rows = [{"step": step, **r} for r in
+                activation_stats(model.member(k), probe_x, tc.probe_units, tc.hist_bins, tc.hist_range)]
+        m.run.append_rows("activations.jsonl", rows)
+        m.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
+                      if key[0] == "p" or key in ("mean", "std")}, step)
+
+    def timed(m: Member, fn, *args) -> None:
+        paused = time.perf_counter()
+        fn(*args)
+        m.state["probe_time"] += time.perf_counter() - paused
+
+    active = list(members)
+    tick = time.perf_counter()
+
+    def charge() -> None:  # the stack's training time since the last call, shared out over its members
+        nonlocal tick
+        now = time.perf_counter()
+        for m in active:
+            m.state["train_time"] += (now - tick) / len(active)
+        tick = now
+
     try:
-        def log_eval(step: int) -> dict:
-            test_loss, test_acc = evaluate(model, test_x, test_y, tc.loss)
-            seen = max(state["seen"], 1)
-            row = {"step": step, "test_loss": test_loss, "test_acc": test_acc,
-                   "train_loss": state["loss_sum"] / seen if state["seen"] else None,
-                   "train_acc": state["correct"] / seen if state["seen"] and classify else None,
-                   "train_time": state["train_time"]}
-            if tracker:
-                row.update({f"{k}_L{m['layer']}": m[k] for m in tracker.rows() for k in ("dmean", "dvar")})
-            if tc.train_eval_size:
-                row["train_eval_loss"], row["train_eval_acc"] = evaluate(model, train_x[train_eval],
-                                                                         train_y[train_eval], tc.loss)
-            state.update(loss_sum=0.0, correct=0, seen=0)
-            run.append_rows("metrics.jsonl", [row])
-            mirror.log(row, step)
-            return row
-
-        def log_probe(step: int) -> None:
-            rows = [{"step": step, **r} for r in
-                    activation_stats(model, probe_x, tc.probe_units, tc.hist_bins, tc.hist_range)]
-            run.append_rows("activations.jsonl", rows)
-            mirror.log({f"act/L{r['layer']}/{k}": v for r in rows for k, v in r.items()
-                        if k[0] == "p" or k in ("mean", "std")}, step)
-
-        if state["step"] == 0:
-            log_eval(0)
-            log_probe(0)
-        bar = tqdm(total=tc.steps, initial=state["step"], disable=not tc.progress, mininterval=2.0,
-                   desc=run.path.name[:40], leave=False, file=sys.stderr)
-        model.train()
+        for m in members:
+            m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name)
+        step = members[0].state["step"]
+        if step == 0:
+            for k, m in enumerate(members):
+                timed(m, log_eval, k, m, 0)
+                timed(m, log_probe, k, m, 0)
+        names = members[0].run.path.name if len(members) == 1 else f"{len(members)} fused runs"
+        bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, mininterval=2.0, desc=names[:40],
+                   leave=False, file=sys.stderr)
+        nets[0].train()
         tick = time.perf_counter()
-        while state["step"] < tc.steps:
-            idx = order.next().to(device)
-            x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
-            done = state["step"]
-            ics_now = tc.ics_every and done % tc.ics_every == 0
-            landscape_now = tc.landscape_every and done % tc.landscape_every == 0
-            if ics_now or landscape_now:  # on this step's batch, before its update; not timed as training
-                paused = time.perf_counter()
-                state["train_time"] += paused - tick
-                rows = internal_covariate_shift(model, x, y, loss_fn, oc.lr, tc.ics_layers) if ics_now else []
+        while active and step < tc.steps:
+            idx = torch.stack([m.order.next() for m in active]).to(device)
+            ics_now = tc.ics_every and step % tc.ics_every == 0
+            landscape_now = tc.landscape_every and step % tc.landscape_every == 0
+            if ics_now or landscape_now:  # single runs only; on this step's batch, before its update
+                charge()
+                m, net, lr = active[0], nets[0], opts[0].param_groups[0]["lr"]
+                x, y = train_x.index_select(0, idx[0]), train_y.index_select(0, idx[0])
+                rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if ics_now else []
                 if landscape_now:
-                    rows += landscape(model, x, y, loss_fn, oc.lr, tc.landscape_steps,
-                                      seed=cfg.seed * 1_000_003 + done)  # random direction: own generator
-                run.append_rows("probes.jsonl", [{"step": done, **r} for r in rows])
+                    rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
+                                      seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
+                m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
+                m.state["probe_time"] += time.perf_counter() - tick
                 tick = time.perf_counter()
-                state["probe_time"] += tick - paused
-            if tracker:
-                tracker.active = True
-            out = model(x)
-            if tracker:
-                tracker.active = False
-            loss = loss_fn(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step = state["step"] = state["step"] + 1
-            loss_value = loss.item()
-            if state["initial_loss"] is None:
-                state["initial_loss"] = loss_value
-            state["loss_sum"] += loss_value * len(y)
-            if classify:
-                state["correct"] += (out.argmax(1) == y).sum().item()
-            state["seen"] += len(y)
-            interval_loss = state["loss_sum"] / state["seen"]
-            if not math.isfinite(loss_value) or (step % tc.eval_every == 0 and
-                                                 interval_loss > tc.diverge_factor * state["initial_loss"]):
-                status, diverged_at = "diverged", step
-                state["train_time"] += time.perf_counter() - tick
-                log_eval(step)
-                break
+            losses, correct = model.step(idx)
+            step += 1
+            diverged = []
+            for k, m in enumerate(active):
+                state = m.state
+                state["step"] = step
+                if state["initial_loss"] is None:
+                    state["initial_loss"] = losses[k]
+                state["loss_sum"] += losses[k] * tc.batch_size
+                if classify:
+                    state["correct"] += correct[k]
+                state["seen"] += tc.batch_size
+                interval_loss = state["loss_sum"] / state["seen"]
+                if not math.isfinite(losses[k]) or (step % tc.eval_every == 0 and
+                                                    interval_loss > tc.diverge_factor * state["initial_loss"]):
+                    diverged.append(k)
+            if diverged:
+                charge()
+                for k in diverged:
+                    m = active[k]
+                    m.status, m.diverged_at = "diverged", step
+                    timed(m, log_eval, k, m, step)
+                active = [m for k, m in enumerate(active) if k not in diverged]
+                model.keep([k for k in range(len(active) + len(diverged)) if k not in diverged])
+                tick = time.perf_counter()
             if step % tc.eval_every == 0 or step % tc.probe_every == 0 or step % tc.checkpoint_every == 0 \
                     or step == tc.steps:
-                paused = time.perf_counter()
-                state["train_time"] += paused - tick
-                if step % tc.eval_every == 0 or step == tc.steps:
-                    log_eval(step)
-                if step % tc.probe_every == 0 or step == tc.steps:
-                    log_probe(step)
-                if step % tc.checkpoint_every == 0 and step < tc.steps:
-                    atomic_torch_save({"identity": identity, "model": model.state_dict(), "opt": opt.state_dict(),
-                                       "order": order.state_dict(), "rng": torch.get_rng_state(),
-                                       "state": state, "tracker": tracker.state_dict() if tracker else None},
-                                      run.checkpoint_path)
+                charge()
+                for k, m in enumerate(active):
+                    if step % tc.eval_every == 0 or step == tc.steps:
+                        timed(m, log_eval, k, m, step)
+                    if step % tc.probe_every == 0 or step == tc.steps:
+                        timed(m, log_probe, k, m, step)
+                    if step % tc.checkpoint_every == 0 and step < tc.steps:
+                        timed(m, atomic_torch_save, {
+                            "identity": m.identity, "model": model.member(k).state_dict(),
+                            "opt": model.optimizer_state(k), "order": m.order.state_dict(),
+                            "rng": torch.get_rng_state() if len(members) == 1 else m.rng, "state": m.state,
+                            "tracker": tracker.state_dict() if tracker else None}, m.run.checkpoint_path)
                 bar.update(step - bar.n)
                 tick = time.perf_counter()
-                state["probe_time"] += tick - paused
         bar.close()
     except BaseException:
-        mirror.close(exit_code=1)
+        for m in members:
+            if m.mirror:
+                m.mirror.close(exit_code=1)
         raise
-    mirror.close()
-    metrics = read_jsonl(run.path / "metrics.jsonl")
-    finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
-    summary = {
-        "status": status, "identity": identity, "experiment": cfg.experiment, "seed": cfg.seed,
-        "steps": state["step"], "diverged_at": diverged_at, "resumed": resumed,
-        "final_test_acc": metrics[-1]["test_acc"] if status == "finished" else None,
-        "best_test_acc": max(finite) if finite else None,
-        "final_train_loss": metrics[-1]["train_loss"],
-        "train_time_s": state["train_time"],
-        "probe_time_s": state.get("probe_time"),  # evaluation, activation probes, checkpoints
-        "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
-        **environment(),
-    }
-    if tc.save_model:
-        atomic_torch_save(model.state_dict(), run.path / "model.pt")
-    run.write_summary(summary)
-    run.checkpoint_path.unlink(missing_ok=True)
-    return summary
+    for k, m in enumerate(active):
+        if tc.save_model:
+            atomic_torch_save(model.member(k).state_dict(), m.run.path / "model.pt")
+    for m in members:
+        m.mirror.close()
+        metrics = read_jsonl(m.run.path / "metrics.jsonl")
+        finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
+        state = m.state
+        m.run.write_summary({
+            "status": m.status, "identity": m.identity, "experiment": m.cfg.experiment, "seed": m.cfg.seed,
+            "steps": state["step"], "diverged_at": m.diverged_at, "resumed": m.checkpoint is not None,
+            "final_test_acc": metrics[-1]["test_acc"] if m.status == "finished" else None,
+            "best_test_acc": max(finite) if finite else None,
+            "final_train_loss": metrics[-1]["train_loss"],
+            "train_time_s": state["train_time"],  # fused: the stack's time shared out over its members
+            "probe_time_s": state.get("probe_time"),  # evaluation, activation probes, checkpoints
+            "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
+            "fused": len(members),  # runs trained together as one stack (1: alone)
+            **environment(),
+        })
+        m.run.checkpoint_path.unlink(missing_ok=True)
 
 
 def run_job(cfg: DictConfig, out_dir: str) -> dict:
@@ -290,13 +399,24 @@ def run_job(cfg: DictConfig, out_dir: str) -> dict:
     except (KeyboardInterrupt, ConfigError):
         raise
     except Exception:
-        run = RunDir(out_dir)
-        if run.path.is_dir():
-            run.write_error(traceback.format_exc())
-            run.write_summary({"status": "failed", "identity": run_identity(cfg), "experiment": cfg.experiment,
-                               "seed": cfg.seed, "error": traceback.format_exc().strip().splitlines()[-1],
-                               **environment()})
+        record_failure(cfg, out_dir, traceback.format_exc())
         raise
+
+
+def record_failure(cfg: DictConfig, out_dir: str, text: str) -> None:
+    run = RunDir(out_dir)
+    if run.path.is_dir():
+        run.write_error(text)
+        run.write_summary({"status": "failed", "identity": run_identity(cfg), "experiment": cfg.experiment,
+                           "seed": cfg.seed, "error": text.strip().splitlines()[-1], **environment()})
+
+
+def report(out_dir: str, summary: dict) -> None:
+    acc = summary.get("final_test_acc")
+    print(f"[bnlab] {out_dir}: {summary['status']} after {summary['steps']} steps"
+          + (f", test acc {acc:.4f}" if acc is not None else "")
+          + (f", {summary['steps_per_s']:.0f} steps/s" if summary.get("steps_per_s") else "")
+          + (f" (one of {summary['fused']} fused)" if summary.get("fused", 1) > 1 else ""), flush=True)
 
 
 class CheckOutRoot(Callback):
@@ -321,11 +441,8 @@ class CheckOutRoot(Callback):
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
-    acc = summary.get("final_test_acc")
-    print(f"[bnlab] {HydraConfig.get().runtime.output_dir}: {summary['status']} after {summary['steps']} steps"
-          + (f", test acc {acc:.4f}" if acc is not None else "")
-          + (f", {summary['steps_per_s']:.0f} steps/s" if summary.get("steps_per_s") else ""))
+    out_dir = HydraConfig.get().runtime.output_dir
+    report(out_dir, run_job(cfg, out_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+"""K runs of one sweep trained together as one stacked model: the runs differ only in seed and optimiser.
+
+A small MLP step is mostly per-operation overhead, so K models whose weights are stacked into K x out x in
+tensors and multiplied with one `bmm` cost far less than K separate steps. Each member keeps its own
+initialisation (built by the ordinary `build_model` under its own seed), data order, learning rate, momentum,
+weight decay and BN running statistics; `member(k)` hands out member k as an ordinary `Net`, so evaluation,
+probes and checkpoints are the single-run code. Members match the same run trained alone to float rounding.
+
+Only MLPs without randomness after initialisation are stacked (no dropout, no noise, no probe that needs the
+live model); every other run trains alone. Activations are kept as K x features x batch so that BN over all
+K x width units is one `F.batch_norm` call on a free view (1, K*width, batch).
+"""
+
+import hashlib
+import json
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.func import stack_module_state
+
+from bnlab.config import flatten
+from bnlab.models import Net
+
+STACKABLE_NORMS = ("none", "batch")
+# What may differ between the members of one stack: their initial weights and their optimiser.
+MEMBER_KEYS = ("seed", "optim.", "model.init")
+# What does not matter to a stack: where runs write, how they report. (data.root does: the stack loads it once.)
+IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress", "wandb.project")
+
+
+def fuse_key(cfg: DictConfig) -> str | None:
+    """Runs with equal keys can train as one stack; None: this run must train alone."""
+    tc, m = cfg.trainer, cfg.model
+    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or m.dropout > 0 or cfg.device != "cpu"
+            or tc.ics_every or tc.landscape_every or tc.moment_units or cfg.wandb.mode != "disabled"):
+        return None
+    values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    shared = {k: v for k, v in values.items() if not k.startswith(MEMBER_KEYS)
+              and not any(k == n or k.startswith(n + ".") for n in IGNORED_KEYS)}
+    return hashlib.sha1(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# Per-member losses of K x batch x outputs, reduced as `probes.LOSSES` reduces one model's.
+STACKED_LOSSES = {
+    "cross_entropy": lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+    .view(y.shape).mean(1),
+    "mse": lambda out, y: (out - y).pow(2).flatten(1).mean(1),
+    "mse_sum": lambda out, y: (out - y).pow(2).flatten(1).sum(1),
+}
+
+
+def _momentum_buffer(opt: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor:
+    buf = opt.state.get(param, {}).get("momentum_buffer")
+    return torch.zeros_like(param) if buf is None else buf
+
+
+class StackedMLP:
+    """K `Net` MLPs and their `torch.optim.SGD`s as one stacked model with a hand-written stacked SGD step."""
+
+    def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], train_x: torch.Tensor, train_y: torch.Tensor,
+                 loss: str):
+        self.scratch = nets[0]  # member k is loaded into this one when asked for
+        self.blocks = [(b.norm, b.act) for b in self.scratch.blocks]
+        self.depth = len(self.blocks)
+        self.params, self.buffers = stack_module_state(nets)
+        groups = [o.param_groups[0] for o in opts]
+        self.hyper = {h: torch.tensor([float(g[h]) for g in groups]) for h in ("lr", "momentum", "weight_decay")}
+        # torch's SGD creates a momentum buffer at the first step, as the gradient itself: zeros + gradient
+        per_net = [list(net.parameters()) for net in nets]
+        self.momentum_buffers = {
+            name: torch.stack([_momentum_buffer(opt, params[j]) for opt, params in zip(opts, per_net, strict=True)])
+            for j, (name, _) in enumerate(self.scratch.named_parameters())}
+        self.decay, self.momentum = bool(self.hyper["weight_decay"].any()), bool(self.hyper["momentum"].any())
+        self.train_x, self.train_y = train_x.flatten(1), train_y
+        self.loss = STACKED_LOSSES[loss]
+        self.classify = loss == "cross_entropy"
+
+    def __len__(self) -> int:
+        return len(self.hyper["lr"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics."""
+        p, b = self.params, self.buffers
+        for i, (norm, act) in enumerate(self.blocks):
+            bias = p.get(f"blocks.{i}.linear.bias")
+            w = p[f"blocks.{i}.linear.weight"]
+            x = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                k, c, n = x.shape
+                gamma, beta = p.get(f"blocks.{i}.norm.weight"), p.get(f"blocks.{i}.norm.bias")
+                x = F.batch_norm(x.view(1, k * c, n), b[f"blocks.{i}.norm.running_mean"].view(-1),
+                                 b[f"blocks.{i}.norm.running_var"].view(-1),
+                                 None if gamma is None else gamma.view(-1), None if beta is None else beta.view(-1),
+                                 training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
+                b[f"blocks.{i}.norm.num_batches_tracked"] += 1
+            x = act(x)
+        bias = p.get("head.bias")
+        return torch.bmm(p["head.weight"], x) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], x)
+
+    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        """One SGD step of every member on its own batch (idx: K x batch); returns losses and correct counts."""
+        k, n = idx.shape
+        flat = idx.flatten()
+        x = self.train_x.index_select(0, flat).view(k, n, -1).transpose(1, 2)
+        y = self.train_y.index_select(0, flat).view(k, n, *self.train_y.shape[1:])
+        out = self.forward(x).transpose(1, 2)  # K x batch x outputs
+        losses = self.loss(out, y)
+        losses.sum().backward()  # member k's gradient is that of its own loss alone
+        with torch.no_grad():
+            for name, param in self.params.items():  # torch.optim.SGD's update, one learning rate per member
+                shape = (-1,) + (1,) * (param.ndim - 1)
+                grad = param.grad
+                if self.decay:
+                    grad = grad + self.hyper["weight_decay"].view(shape) * param
+                if self.momentum:
+                    grad = self.momentum_buffers[name].mul_(self.hyper["momentum"].view(shape)).add_(grad)
+                param.sub_(self.hyper["lr"].view(shape) * grad)
+                param.grad = None
+            correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
+        return losses.tolist(), correct
+
+    def keep(self, members: list[int]) -> None:
+        """Drop every member not listed (a diverged one), so its NaNs never meet the others' numbers."""
+        index = torch.tensor(members)
+        self.params = {n: p.detach()[index].requires_grad_() for n, p in self.params.items()}
+        self.buffers = {n: b[index] for n, b in self.buffers.items()}
+        self.momentum_buffers = {n: b[index] for n, b in self.momentum_buffers.items()}
+        self.hyper = {h: v[index] for h, v in self.hyper.items()}
+
+    def member(self, k: int) -> Net:
+        """Member k as an ordinary Net (the shared scratch model, overwritten by the next call)."""
+        self.scratch.load_state_dict({n: t[k] for n, t in (self.params | self.buffers).items()})
+        return self.scratch
+
+    def optimizer_state(self, k: int) -> dict:
+        """Member k's optimiser as `torch.optim.SGD.state_dict()` would give it, for a checkpoint."""
+        net = self.member(k)
+        opt = torch.optim.SGD(net.parameters(), lr=self.hyper["lr"][k].item(),
+                              momentum=self.hyper["momentum"][k].item(),
+                              weight_decay=self.hyper["weight_decay"][k].item())
+        if opt.param_groups[0]["momentum"]:
+            for (name, _), p in zip(net.named_parameters(), net.parameters(), strict=True):
+                opt.state[p]["momentum_buffer"] = self.momentum_buffers[name][k].clone()
+        return opt.state_dict()
