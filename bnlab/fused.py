@@ -6,8 +6,9 @@ initialisation (built by the ordinary `build_model` under its own seed), data or
 weight decay and BN running statistics; `member(k)` hands out member k as an ordinary `Net`, so evaluation,
 probes and checkpoints are the single-run code. Members match the same run trained alone to float rounding.
 
-Only MLPs without randomness after initialisation are stacked (no dropout, no noise, no probe that needs the
-live model); every other run trains alone. Activations are kept as K x features x batch so that BN over all
+Only MLPs without randomness after initialisation are stacked (no dropout, no noise), and not with the moment
+tracker, which hooks the live training forward; every other run trains alone. Probes that move the weights
+(ICS, landscape) work on member k's copy. Activations are kept as K x features x batch so that BN over all
 K x width units is one `F.batch_norm` call on a free view (1, K*width, batch).
 """
 
@@ -33,7 +34,7 @@ def fuse_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     tc, m = cfg.trainer, cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or m.dropout > 0 or cfg.device != "cpu"
-            or tc.ics_every or tc.landscape_every or tc.moment_units or cfg.wandb.mode != "disabled"):
+            or tc.moment_units or cfg.wandb.mode != "disabled"):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     shared = {k: v for k, v in values.items() if not k.startswith(MEMBER_KEYS)

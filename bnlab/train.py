@@ -311,16 +311,18 @@ def _train_together(members: list[Member], data: Dataset) -> None:
             idx = torch.stack([m.order.next() for m in active]).to(device)
             ics_now = tc.ics_every and step % tc.ics_every == 0
             landscape_now = tc.landscape_every and step % tc.landscape_every == 0
-            if ics_now or landscape_now:  # single runs only; on this step's batch, before its update
+            if ics_now or landscape_now:  # on each member's batch of this step, before its update
                 charge()
-                m, net, lr = active[0], nets[0], opts[0].param_groups[0]["lr"]
-                x, y = train_x.index_select(0, idx[0]), train_y.index_select(0, idx[0])
-                rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if ics_now else []
-                if landscape_now:
-                    rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
-                                      seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
-                m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
-                m.state["probe_time"] += time.perf_counter() - tick
+                for k, m in enumerate(active):
+                    paused = time.perf_counter()
+                    net, lr = model.member(k), m.cfg.optim.lr
+                    x, y = train_x.index_select(0, idx[k]), train_y.index_select(0, idx[k])
+                    rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if ics_now else []
+                    if landscape_now:
+                        rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
+                                          seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
+                    m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
+                    m.state["probe_time"] += time.perf_counter() - paused
                 tick = time.perf_counter()
             losses, correct = model.step(idx)
             step += 1
