@@ -177,7 +177,8 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         validate(cfg)
     members = [Member(cfg, RunDir(d), run_identity(cfg)) for cfg, d in zip(cfgs, out_dirs, strict=True)]
     pending = [m for m in members if not m.run.is_done(m.identity)]
-    if len(pending) > 1 and (None in {fuse_key(m.cfg) for m in pending} or len({fuse_key(m.cfg) for m in pending}) > 1):
+    keys = {fuse_key(m.cfg) for m in pending}
+    if len(pending) > 1 and (None in keys or len(keys) > 1):
         raise ValueError("train_runs: these runs cannot share a stack; train them one at a time")
     if pending:
         cfg = pending[0].cfg
