@@ -1,4 +1,4 @@
-"""K runs of one sweep trained together as one stacked model: the runs differ only in seed and optimiser.
+"""K runs of one sweep trained together as one stacked model: the runs differ only in seed, optimiser and init.
 
 A small MLP step is mostly per-operation overhead, so K models whose weights are stacked into K x out x in
 tensors and multiplied with one `bmm` cost far less than K separate steps. Each member keeps its own
