@@ -177,9 +177,10 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         validate(cfg)
     members = [Member(cfg, RunDir(d), run_identity(cfg)) for cfg, d in zip(cfgs, out_dirs, strict=True)]
     pending = [m for m in members if not m.run.is_done(m.identity)]
-    keys = {fuse_key(m.cfg) for m in pending}
-    if len(pending) > 1 and (None in keys or len(keys) > 1):
-        raise ValueError("train_runs: these runs cannot share a stack; train them one at a time")
+    if len(pending) > 1:
+        keys = {fuse_key(m.cfg) for m in pending}
+        if None in keys or len(keys) > 1:
+            raise ValueError("train_runs: these runs cannot share a stack; train them one at a time")
     if pending:
         cfg = pending[0].cfg
         torch.set_num_threads(cfg.threads)
@@ -280,6 +281,16 @@ def _train_together(members: list[Member], data: Dataset) -> None:
         m.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
                       if key[0] == "p" or key in ("mean", "std")}, step)
 
+    def log_gradient_probes(k: int, m: Member, step: int, idx: torch.Tensor, with_ics: bool,
+                            with_landscape: bool) -> None:
+        net, lr = model.member(k), m.cfg.optim.lr
+        x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
+        rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if with_ics else []
+        if with_landscape:
+            rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
+                              seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
+        m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
+
     def timed(m: Member, fn, *args) -> None:
         paused = time.perf_counter()
         fn(*args)
@@ -315,15 +326,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
             if ics_now or landscape_now:  # on each member's batch of this step, before its update
                 charge()
                 for k, m in enumerate(active):
-                    paused = time.perf_counter()
-                    net, lr = model.member(k), m.cfg.optim.lr
-                    x, y = train_x.index_select(0, idx[k]), train_y.index_select(0, idx[k])
-                    rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if ics_now else []
-                    if landscape_now:
-                        rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
-                                          seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
-                    m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
-                    m.state["probe_time"] += time.perf_counter() - paused
+                    timed(m, log_gradient_probes, k, m, step, idx[k], ics_now, landscape_now)
                 tick = time.perf_counter()
             losses, correct = model.step(idx)
             step += 1
@@ -347,8 +350,9 @@ def _train_together(members: list[Member], data: Dataset) -> None:
                     m = active[k]
                     m.status, m.diverged_at = "diverged", step
                     timed(m, log_eval, k, m, step)
-                active = [m for k, m in enumerate(active) if k not in diverged]
-                model.keep([k for k in range(len(active) + len(diverged)) if k not in diverged])
+                kept = [k for k in range(len(active)) if k not in diverged]
+                active = [active[k] for k in kept]
+                model.keep(kept)
                 tick = time.perf_counter()
             if step % tc.eval_every == 0 or step % tc.probe_every == 0 or step % tc.checkpoint_every == 0 \
                     or step == tc.steps:
