@@ -1,15 +1,19 @@
-"""K runs of one sweep trained together as one stacked model: the runs differ only in seed, optimiser and init.
+"""K runs of one sweep trained together as one stacked model: the runs differ only in seed, optimiser, init and
+dropout rate.
 
 A small MLP step is mostly per-operation overhead, so K models whose weights are stacked into K x out x in
 tensors and multiplied with one `bmm` cost far less than K separate steps. Each member keeps its own
 initialisation (built by the ordinary `build_model` under its own seed), data order, learning rate, momentum,
-weight decay and BN running statistics; `member(k)` hands out member k as an ordinary `Net`, so evaluation,
-probes and checkpoints are the single-run code. Members match the same run trained alone to float rounding.
+weight decay, dropout masks and BN running statistics; `member(k)` hands out member k as an ordinary `Net`, so
+evaluation, probes and checkpoints are the single-run code. Members match the same run trained alone to float
+rounding.
 
-Only MLPs without randomness after initialisation are stacked (no dropout, no noise), and not with the moment
-tracker, which hooks the live training forward; every other run trains alone. Probes that move the weights
-(ICS, landscape) work on member k's copy. Activations are kept as K x features x batch so that BN over all
-K x width units is one `F.batch_norm` call on a free view (1, K*width, batch).
+Only MLPs are stacked, with BN or no normaliser, and not with the moment tracker, which hooks the live training
+forward; every other run trains alone. A run alone draws its dropout masks from the global RNG, which nothing
+else in its training step touches; a member draws them from its own generator, started in the same state, so
+its masks are those of its run alone. Probes that move the weights (ICS, landscape) work on member k's copy.
+Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
+on a free view (1, K*width, batch).
 """
 
 import hashlib
@@ -24,8 +28,8 @@ from bnlab.config import flatten
 from bnlab.models import Net
 
 STACKABLE_NORMS = ("none", "batch")
-# What may differ between the members of one stack: their initial weights and their optimiser.
-MEMBER_KEYS = ("seed", "optim.", "model.init")
+# What may differ between the members of one stack: their initial weights, their optimiser, their dropout rate.
+MEMBER_KEYS = ("seed", "optim.", "model.init", "model.dropout")
 # What does not matter to a stack: where runs write, how they report. (data.root does: the stack loads it once.)
 IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress", "wandb.project")
 
@@ -33,7 +37,7 @@ IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress",
 def fuse_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     tc, m = cfg.trainer, cfg.model
-    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or m.dropout > 0 or cfg.device != "cpu"
+    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"
             or tc.moment_units or cfg.wandb.mode != "disabled"):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
@@ -59,10 +63,10 @@ def _momentum_buffer(opt: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor:
 class StackedMLP:
     """K `Net` MLPs and their `torch.optim.SGD`s as one stacked model with a hand-written stacked SGD step."""
 
-    def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], train_x: torch.Tensor, train_y: torch.Tensor,
-                 loss: str):
-        self.scratch = nets[0]  # member k is loaded into this one when asked for
-        self.blocks = [(b.norm, b.act) for b in self.scratch.blocks]
+    def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], rng_states: list[torch.Tensor],
+                 train_x: torch.Tensor, train_y: torch.Tensor, loss: str):
+        self.nets = nets  # member k's own Net (its own dropout rate), loaded with its weights when asked for
+        self.blocks = [(b.norm, b.act) for b in nets[0].blocks]
         self.depth = len(self.blocks)
         self.params, self.buffers = stack_module_state(nets)
         groups = [o.param_groups[0] for o in opts]
@@ -71,8 +75,12 @@ class StackedMLP:
         per_net = [list(net.parameters()) for net in nets]
         self.momentum_buffers = {
             name: torch.stack([_momentum_buffer(opt, params[j]) for opt, params in zip(opts, per_net, strict=True)])
-            for j, (name, _) in enumerate(self.scratch.named_parameters())}
+            for j, (name, _) in enumerate(nets[0].named_parameters())}
         self.decay, self.momentum = bool(self.hyper["weight_decay"].any()), bool(self.hyper["momentum"].any())
+        # rng_states: the global RNG of each run alone after its initialisation, where its dropout draws start
+        self.generators = [torch.Generator().set_state(s) for s in rng_states]
+        self.dropout = [net.blocks[0].drop.p if isinstance(net.blocks[0].drop, torch.nn.Dropout) else 0.0
+                        for net in nets]  # one rate per run (model.dropout)
         self.train_x, self.train_y = train_x.flatten(1), train_y
         self.loss = STACKED_LOSSES[loss]
         self.classify = loss == "cross_entropy"
@@ -96,8 +104,17 @@ class StackedMLP:
                                  training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
                 b[f"blocks.{i}.norm.num_batches_tracked"] += 1
             x = act(x)
+            if any(self.dropout):
+                x = x * self.dropout_masks(x.shape[2], x.shape[1])
         bias = p.get("head.bias")
         return torch.bmm(p["head.weight"], x) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], x)
+
+    def dropout_masks(self, batch: int, width: int) -> torch.Tensor:
+        """K x width x batch: member k's mask drawn as `F.dropout` draws it for the run alone (batch x width)."""
+        return torch.stack([torch.empty(batch, width).bernoulli_(1 - p, generator=g).div_(1 - p) if p > 0
+                            else torch.ones(batch, width)  # a run without dropout draws nothing
+                            for p, g in zip(self.dropout, self.generators, strict=True)]
+                           ).transpose(1, 2).contiguous()  # x * mask stays contiguous: the same bmm kernels as without
 
     def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
         """One SGD step of every member on its own batch (idx: K x batch); returns losses and correct counts."""
@@ -128,11 +145,22 @@ class StackedMLP:
         self.buffers = {n: b[index] for n, b in self.buffers.items()}
         self.momentum_buffers = {n: b[index] for n, b in self.momentum_buffers.items()}
         self.hyper = {h: v[index] for h, v in self.hyper.items()}
+        self.nets = [self.nets[k] for k in members]
+        self.generators = [self.generators[k] for k in members]
+        self.dropout = [self.dropout[k] for k in members]
 
     def member(self, k: int) -> Net:
-        """Member k as an ordinary Net (the shared scratch model, overwritten by the next call)."""
-        self.scratch.load_state_dict({n: t[k] for n, t in (self.params | self.buffers).items()})
-        return self.scratch
+        """Member k as an ordinary Net, its weights as they are now.
+
+        The global RNG is set to member k's, as its run alone would have it: a probe in training mode draws
+        member k's dropout masks (probes restore the RNG; the stack's own steps never read it)."""
+        self.nets[k].load_state_dict({n: t[k] for n, t in (self.params | self.buffers).items()})
+        torch.set_rng_state(self.generators[k].get_state())
+        return self.nets[k]
+
+    def rng_state(self, k: int) -> torch.Tensor:
+        """Member k's RNG, in the place of the global RNG a run alone would checkpoint."""
+        return self.generators[k].get_state()
 
     def optimizer_state(self, k: int) -> dict:
         """Member k's optimiser as `torch.optim.SGD.state_dict()` would give it, for a checkpoint."""

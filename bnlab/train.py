@@ -147,6 +147,9 @@ class SingleModel:
     def member(self, k: int) -> Net:
         return self.net
 
+    def rng_state(self, k: int) -> torch.Tensor:
+        return torch.get_rng_state()  # dropout and noise draw from the global RNG
+
     def optimizer_state(self, k: int) -> dict:
         return self.opt.state_dict()
 
@@ -161,7 +164,7 @@ class Member:
     order: BatchOrder | None = None
     state: dict = field(default_factory=dict)
     checkpoint: dict | None = None
-    rng: torch.Tensor | None = None  # the global RNG after initialisation (dropout and noise draw from it)
+    rng: torch.Tensor | None = None  # the global RNG after initialisation, where dropout and noise draws start
     mirror: WandbMirror | None = None
     status: str = "finished"
     diverged_at: int | None = None
@@ -258,7 +261,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
     if len(members) == 1:
         model = SingleModel(nets[0], opts[0], train_x, train_y, tc.loss, tracker)
     else:
-        model = StackedMLP(nets, opts, train_x, train_y, tc.loss)
+        model = StackedMLP(nets, opts, [m.rng for m in members], train_x, train_y, tc.loss)
 
     def log_eval(k: int, m: Member, step: int) -> None:
         net, state = model.member(k), m.state
@@ -369,7 +372,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
                         timed(m, atomic_torch_save, {
                             "identity": m.identity, "model": model.member(k).state_dict(),
                             "opt": model.optimizer_state(k), "order": m.order.state_dict(),
-                            "rng": torch.get_rng_state() if len(members) == 1 else m.rng, "state": m.state,
+                            "rng": model.rng_state(k), "state": m.state,
                             "tracker": tracker.state_dict() if tracker else None}, m.run.checkpoint_path)
                 bar.update(step - bar.n)
                 tick = time.perf_counter()

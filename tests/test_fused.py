@@ -13,12 +13,18 @@ from bnlab.train import train, train_runs
 from tests.conftest import make_cfg, run_cli
 from tests.test_train import history
 
-# Members differ in seed, learning rate, momentum, weight decay and init scale; the third one diverges.
-MEMBERS = [["seed=0", "optim.lr=0.1"], ["seed=1", "optim.lr=0.05", "optim.momentum=0.9"],
-           ["seed=2", "optim.lr=50.0", "model.init_std=1.0"], ["seed=3", "optim.lr=0.2", "optim.weight_decay=0.001"]]
+# Members differ in seed, learning rate, momentum, weight decay, init scale and dropout; the third one diverges.
+# Each one alone is stable under rounding: at lr 0.2 the weight-decay member's landscape probe moves by 8% between
+# stacked and alone on an AMD Zen 3 core, and by 350% between 1 and 2 threads alone (measured), so it trains at 0.1.
+MEMBERS = [["seed=0", "optim.lr=0.1"], ["seed=1", "optim.lr=0.05", "optim.momentum=0.9", "model.dropout=0.3"],
+           ["seed=2", "optim.lr=50.0", "model.init_std=1.0", "model.dropout=0.5"],
+           ["seed=3", "optim.lr=0.1", "optim.weight_decay=0.001"]]
 SHARED = ["model.activation=relu", "model.init=normal", "trainer.steps=300", "trainer.eval_every=50",
           "trainer.probe_every=100", "trainer.checkpoint_every=100", "trainer.save_model=true",
           "trainer.ics_every=100", "trainer.ics_layers=[1,2]", "trainer.landscape_every=150"]
+
+
+TOLERANCE = {"probes.jsonl": {"rel": 1e-2, "abs_": 1e-4}, "activations.jsonl": {"rel": 1e-4, "abs_": 1e-4}}
 
 
 def assert_close_rows(fused: list[dict], alone: list[dict], rel: float = 1e-4, abs_: float = 1e-5) -> None:
@@ -50,8 +56,10 @@ def test_each_fused_member_equals_its_run_trained_alone(data_root, tmp_path, nor
             if a["status"] == "diverged":  # the way up to the blow-up amplifies rounding; same steps, same start
                 assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
                 rows = [r[:1] for r in rows]
-            # ICS and landscape are differences of nearly equal gradients: rounding shows at 1e-3
-            assert_close_rows(*rows, **({"rel": 1e-2, "abs_": 1e-4} if name == "probes.jsonl" else {}))
+            # ICS and landscape are differences of nearly equal gradients: rounding shows at 1e-3. Percentiles
+            # are O(1) values, some near zero: rounding moves them by up to 4e-5 (measured); a wrong dropout mask
+            # moves them by 5e-3 and more.
+            assert_close_rows(*rows, **TOLERANCE.get(name, {}))
         if a["status"] == "finished":  # weights and BN running statistics after 300 steps
             fw, aw = (torch.load(tmp_path / f"{kind}{i}" / "model.pt") for kind in ("fused", "alone"))
             assert fw.keys() == aw.keys()
@@ -94,11 +102,10 @@ def test_interrupted_stack_resumes_fused_or_alone(data_root, tmp_path, monkeypat
 def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     base = make_cfg(data_root, tmp_path)
     assert fuse_key(base) is not None
-    assert fuse_key(make_cfg(data_root, tmp_path, ["optim.lr=0.7", "seed=4"])) == fuse_key(base)
+    assert fuse_key(make_cfg(data_root, tmp_path, ["optim.lr=0.7", "seed=4", "model.dropout=0.2"])) == fuse_key(base)
     assert fuse_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != fuse_key(base)
     assert fuse_key(make_cfg(data_root / "elsewhere", tmp_path)) != fuse_key(base)  # a stack loads its data once
-    for alone in (["model.dropout=0.2"], ["norm=layer"], ["model=cnn"], ["trainer.moment_units=2"],
-                  ["wandb.mode=offline"]):
+    for alone in (["norm=layer"], ["model=cnn"], ["trainer.moment_units=2"], ["wandb.mode=offline"]):
         assert fuse_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
 
@@ -116,7 +123,7 @@ def test_fusing_launcher_writes_ordinary_run_directories(data_root, tmp_path):
     for name in runs:
         f, a = (tmp_path / kind / "cpu" / "adhoc" / name for kind in ("fused", "alone"))
         fs, as_ = (json.loads((d / "summary.json").read_text()) for d in (f, a))
-        assert fs["fused"] == (2 if "dropout=0.0" in name else 1) and as_["fused"] == 1
+        assert fs["fused"] == 4 and as_["fused"] == 1  # two stacks of 4 (one per norm), one on each worker
         overrides = [[o for o in (d / ".hydra" / "overrides.yaml").read_text().splitlines() if "out_root" not in o]
                      for d in (f, a)]
         assert overrides[0] == overrides[1] and len(overrides[0]) > 5
