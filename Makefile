@@ -32,10 +32,13 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
-# One experiment's sweep (skipping finished runs), then its figures and report rows.
+# $(call sweep,EXPERIMENT,WORKERS): one experiment's sweep, skipping finished runs; failed runs do not stop make.
+sweep = $(PY) -m bnlab.train experiment=$(1) scale=$(SCALE) hydra.launcher.n_jobs=$(2) trainer.progress=false \
+  || echo "[bnlab] sweep $(1) had failing runs; they are listed in the report"
+
+# One experiment's sweep, then its figures and report rows.
 $(EXPERIMENTS): install
-	$(PY) -m bnlab.train experiment=$@ scale=$(SCALE) hydra.launcher.n_jobs=$(JOBS) trainer.progress=false \
-	  || echo "[bnlab] sweep $@ had failing runs; they are listed in the report"
+	$(call sweep,$@,$(JOBS))
 	$(PY) -m bnlab.report --scale $(SCALE)
 
 # `make reproduce` runs JOBS sweeps side by side, one worker each, longest first, so that the two cores stay
@@ -53,8 +56,7 @@ reproduce: install
 
 sweep-%:
 	@start=$$(date +%s); \
-	$(PY) -m bnlab.train experiment=$* scale=$(SCALE) hydra.launcher.n_jobs=1 trainer.progress=false \
-	  || echo "[bnlab] sweep $* had failing runs; they are listed in the report"; \
+	$(call sweep,$*,1); \
 	echo "[bnlab] $*: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 
 bench: install
