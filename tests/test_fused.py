@@ -24,9 +24,6 @@ SHARED = ["model.activation=relu", "model.init=normal", "trainer.steps=300", "tr
           "trainer.ics_every=100", "trainer.ics_layers=[1,2]", "trainer.landscape_every=150"]
 
 
-TOLERANCE = {"probes.jsonl": {"rel": 1e-2, "abs_": 1e-4}, "activations.jsonl": {"rel": 1e-4, "abs_": 1e-4}}
-
-
 def assert_close_rows(fused: list[dict], alone: list[dict], rel: float = 1e-4, abs_: float = 1e-5) -> None:
     """Float32 rounding of bmm vs addmm, grown over a few hundred steps (the run alone at 2 threads differs as much)."""
     assert [r["step"] for r in fused] == [r["step"] for r in alone]
@@ -56,10 +53,8 @@ def test_each_fused_member_equals_its_run_trained_alone(data_root, tmp_path, nor
             if a["status"] == "diverged":  # the way up to the blow-up amplifies rounding; same steps, same start
                 assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]]
                 rows = [r[:1] for r in rows]
-            # ICS and landscape are differences of nearly equal gradients: rounding shows at 1e-3. Percentiles
-            # are O(1) values, some near zero: rounding moves them by up to 4e-5 (measured); a wrong dropout mask
-            # moves them by 5e-3 and more.
-            assert_close_rows(*rows, **TOLERANCE.get(name, {}))
+            # ICS and landscape are differences of nearly equal gradients: rounding shows at 1e-3
+            assert_close_rows(*rows, **({"rel": 1e-2, "abs_": 1e-4} if name == "probes.jsonl" else {}))
         if a["status"] == "finished":  # weights and BN running statistics after 300 steps
             fw, aw = (torch.load(tmp_path / f"{kind}{i}" / "model.pt") for kind in ("fused", "alone"))
             assert fw.keys() == aw.keys()
