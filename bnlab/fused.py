@@ -126,14 +126,17 @@ class StackedMLP:
         losses = self.loss(out, y)
         losses.sum().backward()  # member k's gradient is that of its own loss alone
         with torch.no_grad():
-            for name, param in self.params.items():  # torch.optim.SGD's update, one learning rate per member
+            # torch.optim.SGD's update with one rate per member. `addcmul_(t, g, value=-1)` rounds as SGD's
+            # `add_(g, alpha=-t)` does (one multiply-add; checked bitwise), and costs 0.2 ms on the 16 x 100 x 784
+            # first layer where `sub_(t * g)` cost 1.2 ms (a temporary, and a second rounding).
+            for name, param in self.params.items():
                 shape = (-1,) + (1,) * (param.ndim - 1)
                 grad = param.grad
                 if self.decay:
-                    grad = grad + self.hyper["weight_decay"].view(shape) * param
+                    grad = torch.addcmul(grad, self.hyper["weight_decay"].view(shape), param)
                 if self.momentum:
                     grad = self.momentum_buffers[name].mul_(self.hyper["momentum"].view(shape)).add_(grad)
-                param.sub_(self.hyper["lr"].view(shape) * grad)
+                param.addcmul_(self.hyper["lr"].view(shape), grad, value=-1)
                 param.grad = None
             correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
         return losses.tolist(), correct
