@@ -44,8 +44,8 @@ $(EXPERIMENTS): install
 # `make reproduce` runs JOBS sweeps side by side, one worker each, longest first, so that the two cores stay
 # busy to the end instead of idling through each sweep's last runs. The order is each experiment's wall time in
 # the last cpu reproduction (results/timing_cpu.log); experiments not listed here run after these.
-LONGEST_FIRST := lr_sweep_cnn fig1 cifar lr_sweep_mlp dropout small_batch dln_lp dln bjorck lp_norm noisy_bn \
-  deep_sigmoid gamma_beta gaussianity dlbook_chain bn_inference ics_landscape
+LONGEST_FIRST := lr_sweep_cnn cifar fig1 lr_sweep_mlp small_batch dropout dln_lp lp_norm dln bjorck noisy_bn \
+  gamma_beta deep_sigmoid gaussianity dlbook_chain ics_landscape bn_inference
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install
