@@ -98,7 +98,7 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[f
     Cross-entropy and `mse` are averaged; `mse_sum` is summed over the whole set, as it is trained."""
     # A CNN's activations for 1,000 images overflow the cache: a 10k CIFAR pass takes 3.6 s in chunks of 1,000
     # and 1.7 s in chunks of 256 (one thread, measured); MLP chunks of 256-1,000 cost the same.
-    chunk = 256 if model.pool_after else 1000
+    chunk = 256 if model.conv else 1000
     was_training = model.training
     model.eval()
     total, correct = 0.0, 0

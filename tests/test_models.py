@@ -56,3 +56,27 @@ def test_normal_init_has_the_configured_std():
     torch.manual_seed(0)
     w = model("mlp", "none", init="normal", init_std=0.1).blocks[0].linear.weight
     assert abs(w.std().item() - 0.1) < 0.002 and abs(w.mean().item()) < 0.002
+
+
+def test_cnn_pools_before_its_nonlinearity_with_the_outputs_and_gradients_of_pooling_after():
+    x, y = torch.randn(16, 3, 32, 32) * 3, torch.randint(0, 10, (16,))
+
+    def pooled_after(net, x):  # the textbook order: conv -> norm -> nonlinearity -> pool
+        for b in net.blocks:
+            x = b.pool(b.drop(b.act(b.norm(b.linear(x)))))
+        return net.head(x.flatten(1))
+
+    for activation in ("sigmoid", "relu", "tanh"):
+        for norm in ("none", "batch"):
+            torch.manual_seed(0)
+            net = model("cnn", norm, activation=activation)
+            results = []
+            for forward in (pooled_after, lambda net, x: net(x)):
+                state = {k: v.clone() for k, v in net.state_dict().items()}  # BN's running statistics move
+                net.zero_grad()
+                out = forward(net, x)
+                nn.functional.cross_entropy(out, y).backward()
+                results.append([out.detach()] + [p.grad.clone() for p in net.parameters()])
+                net.load_state_dict(state)
+            for a, b in zip(*results, strict=True):
+                assert torch.equal(a, b), (activation, norm)
