@@ -36,7 +36,7 @@ class ModelConfig:
     arch: str = "mlp"  # mlp | cnn
     depth: int = 3  # hidden layers (mlp)
     width: int = 100  # units per hidden layer (mlp)
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: one conv stage each, 2x2 pool after
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: conv stages, each 2x2 max-pooled
     activation: str = "sigmoid"  # sigmoid | relu | tanh | identity
     init: str = "normal"  # normal: N(0, init_std) | xavier | kaiming | default (torch's own)
     init_std: float = 0.1

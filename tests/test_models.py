@@ -3,7 +3,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from bnlab.config import ModelConfig, NormConfig
-from bnlab.models import build_model
+from bnlab.models import Block, build_model
 
 
 def model(arch="mlp", norm="batch", in_shape=None, **kw):
@@ -58,25 +58,41 @@ def test_normal_init_has_the_configured_std():
     assert abs(w.std().item() - 0.1) < 0.002 and abs(w.mean().item()) < 0.002
 
 
-def test_cnn_pools_before_its_nonlinearity_with_the_outputs_and_gradients_of_pooling_after():
+def _pooled_after(net, x):  # the textbook order: conv -> norm -> nonlinearity -> pool
+    for b in net.blocks:
+        x = b.pool(b.drop(b.act(b.norm(b.linear(x)))))
+    return net.head(x.flatten(1))
+
+
+def test_cnn_pools_before_its_nonlinearity_with_the_outputs_of_pooling_after():
     x, y = torch.randn(16, 3, 32, 32) * 3, torch.randint(0, 10, (16,))
-
-    def pooled_after(net, x):  # the textbook order: conv -> norm -> nonlinearity -> pool
-        for b in net.blocks:
-            x = b.pool(b.drop(b.act(b.norm(b.linear(x)))))
-        return net.head(x.flatten(1))
-
     for activation in ("sigmoid", "relu", "tanh"):
         for norm in ("none", "batch"):
             torch.manual_seed(0)
             net = model("cnn", norm, activation=activation)
             results = []
-            for forward in (pooled_after, lambda net, x: net(x)):
+            for forward in (_pooled_after, lambda net, x: net(x)):
                 state = {k: v.clone() for k, v in net.state_dict().items()}  # BN's running statistics move
                 net.zero_grad()
                 out = forward(net, x)
                 nn.functional.cross_entropy(out, y).backward()
                 results.append([out.detach()] + [p.grad.clone() for p in net.parameters()])
                 net.load_state_dict(state)
-            for a, b in zip(*results, strict=True):
-                assert torch.equal(a, b), (activation, norm)
+            (out_after, *grads_after), (out_first, *grads_first) = results
+            assert torch.equal(out_after, out_first), (activation, norm)
+            if activation == "relu":  # ties only at zero, where the gradient is zero either way
+                assert all(torch.equal(a, b) for a, b in zip(grads_after, grads_first, strict=True)), norm
+
+
+def test_pooling_first_routes_a_saturated_tie_to_the_larger_pre_activation():
+    block = Block(nn.Identity(), nn.Identity(), nn.Sigmoid(), 0.0, pool=True)
+    z = torch.tensor([[[[9.0, 9.000001], [-1.0, -2.0]]]])  # sigmoid rounds the first two to the same float
+    assert torch.sigmoid(z[0, 0, 0, 0]) == torch.sigmoid(z[0, 0, 0, 1])
+    grads = []
+    for forward in (lambda z: block.pool(block.act(z)), block):
+        zz = z.clone().requires_grad_()
+        forward(zz).sum().backward()
+        grads.append(zz.grad[0, 0, 0])
+    after, first = grads
+    assert after[0] > 0 and after[1] == 0  # pooling after: the first of the tied outputs
+    assert first[0] == 0 and first[1] > 0  # pooling first: the larger pre-activation, as d/dz of the exact max
