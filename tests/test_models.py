@@ -80,7 +80,7 @@ def test_cnn_pools_before_its_nonlinearity_with_the_outputs_of_pooling_after():
                 net.load_state_dict(state)
             (out_after, *grads_after), (out_first, *grads_first) = results
             assert torch.equal(out_after, out_first), (activation, norm)
-            if activation == "relu":  # ties only at zero, where the gradient is zero either way
+            if activation == "relu":  # its tied outputs are tied inputs, or zeros whose gradient is zero either way
                 assert all(torch.equal(a, b) for a, b in zip(grads_after, grads_first, strict=True)), norm
 
 
