@@ -5,6 +5,7 @@
   python -m bnlab.train experiment=fig1              # an experiment config is a whole sweep
 """
 
+import ctypes
 import itertools
 import math
 import sys
@@ -175,6 +176,24 @@ def train(cfg: DictConfig, out_dir: str) -> dict:
     return train_runs([cfg], [out_dir])[0]
 
 
+def keep_freed_memory() -> None:
+    """Have glibc keep the memory of freed tensors mapped, so that the next step reuses it without page faults.
+
+    With its defaults glibc maps a tensor of a few megabytes afresh (or trims the heap when freeing leaves enough at
+    its top), so a step's activations can fault all their pages in again each step: 1,000-2,800 faults a CNN step
+    in a plain training loop here, 17-30% of its time. Whether the trainer hit this depended on what the process had
+    allocated before (glibc's threshold adapts): measured, MNIST CNN runs' evaluation took 9.0 -> 6.0 s a run
+    (1.17M -> 0.22M faults); MLP and CIFAR-10 runs were unchanged. Numbers are unchanged: same kernels, same
+    64-byte-aligned buffers (an MNIST CNN run logged bitwise the numbers of the committed reproduction)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): its allocator is left as it is
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest; bigger tensors (the datasets) are still mmapped
+    libc.mallopt(m_trim_threshold, 1 << 30)  # a freed heap top is returned only past 1 GiB
+
+
 def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
     """Train runs that may share a stack (equal `fused.fuse_key`; any single run does) in this process.
 
@@ -190,6 +209,7 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
     if pending:
         cfg = pending[0].cfg
         torch.set_num_threads(cfg.threads)
+        keep_freed_memory()
         for m in pending:
             m.run.prepare(m.cfg)
             ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
