@@ -9,10 +9,16 @@ EXPERIMENTS ?= $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))
 JOBS ?= 2
 
 # Where the datasets are: BNLAB_DATA if set, else a sibling ../shared/data (this workplace), else ./data.
-# The CIFAR-10 in shared/data is a byte-rebuilt, pixel-exact copy that fails torchvision's md5 check.
+# The CIFAR-10 in shared/data is a byte-rebuilt, pixel-exact copy that fails torchvision's md5 check, so
+# BNLAB_DATA_VERIFY defaults to false for that folder, however BNLAB_DATA names it.
+SHARED_DATA := $(realpath ../shared/data)
 ifeq ($(origin BNLAB_DATA), undefined)
-  ifneq ($(wildcard ../shared/data),)
-    export BNLAB_DATA := $(abspath ../shared/data)
+  ifneq ($(SHARED_DATA),)
+    export BNLAB_DATA := $(SHARED_DATA)
+  endif
+endif
+ifneq ($(SHARED_DATA),)
+  ifeq ($(realpath $(BNLAB_DATA)),$(SHARED_DATA))
     export BNLAB_DATA_VERIFY ?= false
   endif
 endif
@@ -41,14 +47,17 @@ $(EXPERIMENTS): install
 	$(call sweep,$@,$(JOBS))
 	$(PY) -m bnlab.report --scale $(SCALE)
 
-# `make reproduce` runs JOBS sweeps side by side, one worker each, longest first, so that the two cores stay
-# busy to the end instead of idling through each sweep's last runs. The order is each experiment's wall time in
-# the last cpu reproduction (results/timing_cpu.log); experiments not listed here run after these.
+# `make reproduce` first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
+# that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
+# one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
+# sweep's last runs. The order is each experiment's wall time in the last cpu reproduction
+# (results/timing_cpu.log); experiments not listed here run after these.
 LONGEST_FIRST := lr_sweep_cnn cifar fig1 lr_sweep_mlp small_batch dropout dln_lp lp_norm dln bjorck noisy_bn \
   gamma_beta deep_sigmoid gaussianity dlbook_chain ics_landscape bn_inference
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install
+	$(PY) -m bnlab.data
 	@start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log

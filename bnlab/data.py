@@ -5,12 +5,14 @@ about ten times faster on a CPU than a per-sample DataLoader (see README, Speed)
 """
 
 import functools
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
 
 # What torchvision expects under data.root, per dataset: (sub-folder, files).
 EXPECTED_FILES = {
@@ -43,7 +45,8 @@ class Dataset:
 
 
 class _UnverifiedCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR-10 reader without its md5 checks, for byte-different but pixel-identical copies."""
+    """torchvision's CIFAR-10 reader without its md5 checks: `ensure_files` made them (or data.verify=false
+    skipped them, for a byte-different but pixel-identical copy)."""
 
     train_list = [[name, None] for name, _ in datasets.CIFAR10.train_list]  # None: existence only
     test_list = [[name, None] for name, _ in datasets.CIFAR10.test_list]
@@ -61,11 +64,11 @@ def _missing_message(name: str, root: Path, missing: list[str], reason: str) -> 
     )
 
 
-def _read_torchvision(name: str, root: Path, train: bool, download: bool, verify: bool):
+def _read_torchvision(name: str, root: Path, train: bool, download: bool = False):
+    """Download (checked against torchvision's md5s), or read files that `ensure_files` has checked."""
     if name == "mnist":
         return datasets.MNIST(root, train=train, download=download)
-    cls = datasets.CIFAR10 if verify else _UnverifiedCIFAR10
-    return cls(root, train=train, download=download)
+    return (datasets.CIFAR10 if download else _UnverifiedCIFAR10)(root, train=train, download=download)
 
 
 def _to_split(ds) -> Split:
@@ -103,13 +106,18 @@ def gaussian_linear(n_samples: int, dim: int, seed: int = 123) -> Dataset:
 SYNTHETIC = {"gaussian_linear": gaussian_linear}
 
 
-@functools.lru_cache(maxsize=4)  # a sweep worker process loads each dataset once, not once per job
-def load_dataset(name: str, root: str, download: bool = True, verify: bool = True,
-                 preprocess: str = "unit", n_samples: int = 1000, dim: int = 10) -> Dataset:
-    if name in SYNTHETIC:
-        return SYNTHETIC[name](n_samples, dim)
-    if name not in EXPECTED_FILES:
-        raise DataError(f"data.name={name!r} is unknown; choose one of {sorted([*EXPECTED_FILES, *SYNTHETIC])}")
+def _checksum_message(name: str, folder: Path) -> str:
+    return (f"{name} under {folder} does not match torchvision's checksums.\n"
+            "  If this is a deliberately rebuilt copy with identical pixels (the CIFAR-10 in shared/data is one), "
+            "pass data.verify=false or set BNLAB_DATA_VERIFY=false; otherwise delete the folder and download it again.")
+
+
+def ensure_files(name: str, root: str, download: bool = True, verify: bool = True) -> Path:
+    """Make sure a dataset's files are under root (downloading them if missing and allowed), and, with verify,
+    that they match torchvision's md5s; returns the resolved root. A DataError's message says what to do.
+
+    Cheap enough to run before a sweep launches (file checks, and for CIFAR-10 0.4 s of md5 here), so that missing
+    data is one message rather than one traceback per job."""
     root_path = Path(root).expanduser().resolve()
     folder, files = EXPECTED_FILES[name]
     missing = [f for f in files if not (root_path / folder / f).is_file()]
@@ -117,23 +125,31 @@ def load_dataset(name: str, root: str, download: bool = True, verify: bool = Tru
         if not download:
             raise DataError(_missing_message(name, root_path, missing, "files missing, data.download=false"))
         try:
-            _read_torchvision(name, root_path, True, True, True)
+            _read_torchvision(name, root_path, True, download=True)
         except Exception as e:  # offline: torchvision's own error names only a URL
             reason = f"download failed: {str(e).splitlines()[0]}"
             raise DataError(_missing_message(name, root_path, missing, reason)) from None
+    if name == "cifar10" and verify:  # torchvision checks MNIST only when downloading
+        ref = datasets.CIFAR10
+        if not all(check_integrity(str(root_path / folder / f), md5)
+                   for f, md5 in [*ref.train_list, *ref.test_list, (ref.meta["filename"], ref.meta["md5"])]):
+            raise DataError(_checksum_message(name, root_path / folder))
+    return root_path
+
+
+@functools.lru_cache(maxsize=4)  # a sweep worker process loads each dataset once, not once per job
+def load_dataset(name: str, root: str, download: bool = True, verify: bool = True,
+                 preprocess: str = "unit", n_samples: int = 1000, dim: int = 10) -> Dataset:
+    if name in SYNTHETIC:
+        return SYNTHETIC[name](n_samples, dim)
+    if name not in EXPECTED_FILES:
+        raise DataError(f"data.name={name!r} is unknown; choose one of {sorted([*EXPECTED_FILES, *SYNTHETIC])}")
+    root_path = ensure_files(name, root, download, verify)
+    folder = EXPECTED_FILES[name][0]
     splits = []
     for train in (True, False):
         try:
-            ds = _read_torchvision(name, root_path, train, False, verify)
-        except RuntimeError as e:
-            if "corrupted" in str(e):
-                raise DataError(
-                    f"{name} under {root_path / folder} does not match torchvision's checksums.\n"
-                    "  If this is a deliberately rebuilt copy with identical pixels (the CIFAR-10 in shared/data "
-                    "is one), pass data.verify=false; otherwise delete the folder and download it again."
-                ) from None
-            raise DataError(f"{name} under {root_path / folder} could not be read ({e}); "
-                            "the files look corrupt or truncated: delete them and download again.") from None
+            ds = _read_torchvision(name, root_path, train)
         except Exception as e:  # truncated idx (AssertionError), broken pickle (EOFError, UnpicklingError)
             raise DataError(f"{name} under {root_path / folder} could not be read "
                             f"({type(e).__name__}: {e}); the files look corrupt or truncated: "
@@ -149,3 +165,23 @@ def load_dataset(name: str, root: str, download: bool = True, verify: bool = Tru
     train_split, test_split = splits
     _preprocess(train_split, test_split, preprocess)
     return Dataset(name, train_split, test_split, num_classes=10)
+
+
+def main() -> None:
+    """`python -m bnlab.data [mnist] [cifar10]`: are the datasets where a run would look (data.root: BNLAB_DATA,
+    else ./data; BNLAB_DATA_VERIFY)? `make reproduce` asks this first, so that missing data is one message."""
+    from omegaconf import OmegaConf
+
+    from bnlab.config import DataConfig
+
+    data = OmegaConf.structured(DataConfig)
+    names = sys.argv[1:] or list(EXPECTED_FILES)
+    try:
+        roots = {ensure_files(name, data.root, data.download, data.verify) for name in names}
+    except DataError as e:
+        sys.exit(f"[bnlab] {e}")
+    print(f"[bnlab] {', '.join(names)} found under {', '.join(map(str, roots))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnlab.config import run_identity
-from bnlab.data import Dataset, load_dataset
+from bnlab.data import EXPECTED_FILES, DataError, Dataset, ensure_files, load_dataset
 from bnlab.fused import StackedMLP, fuse_key
 from bnlab.models import ACTIVATIONS, ARCHS, INITS, Net, build_model
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
@@ -470,6 +470,25 @@ class CheckOutRoot(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._check(config)
+
+
+def require_data(cfgs: list[DictConfig]) -> None:
+    """Before any run starts: every dataset these runs read is on disk (downloaded if allowed) and, with
+    data.verify, matches torchvision's checksums; otherwise exit with the one message that says what to do."""
+    wanted = {(c.data.name, c.data.root, c.data.download, c.data.verify) for c in cfgs
+              if c.data.name in EXPECTED_FILES}
+    try:
+        for name, root, download, verify in sorted(wanted):
+            ensure_files(name, root, download, verify)
+    except DataError as e:
+        sys.exit(f"[bnlab] {e}")
+
+
+class CheckData(Callback):
+    """A single run's data, checked before Hydra creates its run directory (sweeps: the bnlab launcher)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        require_data([config])
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

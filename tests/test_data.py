@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bnlab.data import DataError, load_dataset
-from tests.conftest import learnable_images, write_cifar, write_mnist
+from tests.conftest import learnable_images, run_cli, write_cifar, write_mnist
 
 
 def test_mnist_fixture_through_torchvision(data_root):
@@ -29,6 +29,16 @@ def test_cifar_fixture_through_torchvision(data_root):
 def test_cifar_checksum_mismatch_says_how_to_opt_out(data_root):
     with pytest.raises(DataError, match="data.verify=false"):
         load_dataset("cifar10", str(data_root), download=False, verify=True)
+
+
+def test_data_check_finds_the_fixture_or_names_the_checksum_fix(data_root):
+    """`python -m bnlab.data`, what `make reproduce` asks first, at the root a run would use (BNLAB_DATA)."""
+    env = {"BNLAB_DATA": str(data_root), "BNLAB_DATA_VERIFY": "false"}
+    ok = run_cli(["bnlab.data"], env_extra=env)
+    assert ok.returncode == 0 and f"mnist, cifar10 found under {data_root}" in ok.stdout
+    bad = run_cli(["bnlab.data", "cifar10"], env_extra={**env, "BNLAB_DATA_VERIFY": "true"})  # fixture md5s differ
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "does not match torchvision's checksums" in bad.stderr and "BNLAB_DATA_VERIFY=false" in bad.stderr
 
 
 def test_standardize_uses_training_statistics(data_root):

@@ -90,6 +90,20 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
     assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()
 
 
+@pytest.mark.parametrize("mode", ["-m", "single"])
+def test_missing_data_is_one_message_before_any_run(tmp_path, mode):
+    """A sweep (or a single run) over a folder without MNIST stops before any job with the one message that
+    names the folder, the files and the fix: no traceback, no run directory passing for a failed run."""
+    sweep = ["-m", "seed=0,1"] if mode == "-m" else []
+    r = run_cli(["bnlab.train", *sweep, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                 f"out_root={tmp_path / 'out'}", "trainer.steps=10"])
+    assert r.returncode != 0
+    assert r.stderr.count("mnist is not available under data root") == 1, r.stderr
+    assert "train-images-idx3-ubyte" in r.stderr and "BNLAB_DATA=/path" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "out").rglob("summary.json")) and not list((tmp_path / "out").rglob(".hydra"))
+
+
 def test_unwritable_out_root_is_refused_before_any_job(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
