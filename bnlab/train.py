@@ -452,10 +452,26 @@ def report(out_dir: str, summary: dict) -> None:
           + (f" (one of {summary['fused']} fused)" if summary.get("fused", 1) > 1 else ""), flush=True)
 
 
-class CheckOutRoot(Callback):
-    """Refuse an unwritable out_root before Hydra creates any run directory, with a message that says why."""
+def preflight(cfgs: list[DictConfig]) -> None:
+    """Before any run starts: every config can run (`validate`) and every dataset the runs read is on disk
+    (downloaded if allowed) and, with data.verify, matches torchvision's checksums. Otherwise exit with the one
+    message that says what to do, rather than a traceback per job and a run directory that passes for a run."""
+    try:
+        for cfg in cfgs:
+            validate(cfg)
+        for name, root, download, verify in sorted({(c.data.name, c.data.root, c.data.download, c.data.verify)
+                                                    for c in cfgs if c.data.name in EXPECTED_FILES}):
+            ensure_files(name, root, download, verify)
+    except (ConfigError, DataError) as e:
+        sys.exit(f"[bnlab] {e}")
 
-    def _check(self, config: DictConfig) -> None:
+
+class Preflight(Callback):
+    """Refuse what cannot run before Hydra creates any run directory: an unwritable out_root (runs and sweeps),
+    an invalid config or missing data (a single run; the bnlab launcher checks each job of a sweep)."""
+
+    @staticmethod
+    def _check_out_root(config: DictConfig) -> None:
         root = Path(config.out_root)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -466,29 +482,11 @@ class CheckOutRoot(Callback):
                      "pass a writable folder: out_root=/path")
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
+        self._check_out_root(config)
+        preflight([config])
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self._check(config)
-
-
-def require_data(cfgs: list[DictConfig]) -> None:
-    """Before any run starts: every dataset these runs read is on disk (downloaded if allowed) and, with
-    data.verify, matches torchvision's checksums; otherwise exit with the one message that says what to do."""
-    wanted = {(c.data.name, c.data.root, c.data.download, c.data.verify) for c in cfgs
-              if c.data.name in EXPECTED_FILES}
-    try:
-        for name, root, download, verify in sorted(wanted):
-            ensure_files(name, root, download, verify)
-    except DataError as e:
-        sys.exit(f"[bnlab] {e}")
-
-
-class CheckData(Callback):
-    """A single run's data, checked before Hydra creates its run directory (sweeps: the bnlab launcher)."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        require_data([config])
+        self._check_out_root(config)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

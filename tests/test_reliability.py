@@ -90,17 +90,23 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
     assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()
 
 
+CANNOT_RUN = {  # what makes a run impossible before it starts, and the message that must say so
+    "missing data": (["data.root={tmp}/nowhere", "data.download=false"], "mnist is not available under data root"),
+    "invalid config": (["data.root={data}", "model.dropout=1.5"], "model.dropout=1.5 must be in [0, 1)"),
+}
+
+
 @pytest.mark.parametrize("mode", ["-m", "single"])
-def test_missing_data_is_one_message_before_any_run(tmp_path, mode):
-    """A sweep (or a single run) over a folder without MNIST stops before any job with the one message that
-    names the folder, the files and the fix: no traceback, no run directory passing for a failed run."""
-    sweep = ["-m", "seed=0,1"] if mode == "-m" else []
-    r = run_cli(["bnlab.train", *sweep, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+@pytest.mark.parametrize("cause", CANNOT_RUN)
+def test_what_cannot_run_is_one_message_before_any_run(data_root, tmp_path, mode, cause):
+    """A sweep (or a single run) that cannot run stops before any job with one message that says what to do:
+    no traceback per job, no run directory that could pass for a failed run."""
+    overrides, message = CANNOT_RUN[cause]
+    sweep = ["-m", "seed=0,1", "hydra.launcher.n_jobs=1"] if mode == "-m" else []  # no process pool to start
+    r = run_cli(["bnlab.train", *sweep, *[o.format(tmp=tmp_path, data=data_root) for o in overrides],
                  f"out_root={tmp_path / 'out'}", "trainer.steps=10"])
     assert r.returncode != 0
-    assert r.stderr.count("mnist is not available under data root") == 1, r.stderr
-    assert "train-images-idx3-ubyte" in r.stderr and "BNLAB_DATA=/path" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.stderr.count(message) == 1 and "Traceback" not in r.stderr, r.stderr
     assert not list((tmp_path / "out").rglob("summary.json")) and not list((tmp_path / "out").rglob(".hydra"))
 
 

@@ -43,7 +43,7 @@ class FusingLauncher(JoblibLauncher):
         self.fuse, self.max_fused = fuse, max_fused
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
-        from bnlab.train import require_data
+        from bnlab.train import preflight
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -55,7 +55,7 @@ class FusingLauncher(JoblibLauncher):
             composed = parallel(delayed(_compose)(self.hydra_context, self.config, overrides, idx, singleton_state)
                                 for idx, overrides in enumerate(job_overrides, start=initial_job_idx))
             configs, keys = zip(*composed, strict=True)
-            require_data(list(configs))  # missing data: one message for the sweep, not a traceback per job
+            preflight(list(configs))  # an invalid config or missing data: one message, not a traceback per job
             groups = self._groups(keys) if self.fuse else [[i] for i in range(len(configs))]
             log.info(f"Launching {len(configs)} runs as {len(groups)} jobs (fuse={self.fuse}) on "
                      f"{joblib.get('n_jobs')} workers; sweep output dir: {self.config.hydra.sweep.dir}")
