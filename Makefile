@@ -40,7 +40,7 @@ test: lint
 
 # $(call sweep,EXPERIMENT,WORKERS): one experiment's sweep, skipping finished runs; failed runs do not stop make.
 sweep = $(PY) -m bnlab.train experiment=$(1) scale=$(SCALE) hydra.launcher.n_jobs=$(2) trainer.progress=false \
-  || echo "[bnlab] sweep $(1) had failing runs; they are listed in the report"
+  || echo "[bnlab] sweep $(1) ended with an error (why: above); its failed runs are listed in the report"
 
 # One experiment's sweep, then its figures and report rows.
 $(EXPERIMENTS): install
