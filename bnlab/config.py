@@ -22,7 +22,7 @@ OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace
 
 @dataclass
 class DataConfig:
-    name: str = "mnist"  # mnist | cifar10
+    name: str = "mnist"  # mnist | cifar10 | gaussian_linear | gaussian_identity (synthetic)
     root: str = "${oc.env:BNLAB_DATA,${repo_root:}/data}"
     download: bool = True  # tried only when the files are missing; fails cleanly offline
     verify: bool = "${oc.env:BNLAB_DATA_VERIFY,true}"  # type: ignore[assignment]  # torchvision's md5 check (CIFAR); false accepts a rebuilt copy, with a warning

@@ -90,8 +90,9 @@ def _preprocess(train: Split, test: Split, how: str) -> None:
         raise DataError(f"data.preprocess={how!r} is unknown; choose unit, standardize or binarize")
 
 
-def gaussian_linear(n_samples: int, dim: int, seed: int = 123) -> Dataset:
-    """Santurkar et al. App. A's deep-linear-network task: x ~ N(0, I), targets A x with A ~ N(0, 1) entries.
+def gaussian_linear(n_samples: int, dim: int, seed: int = 123, identity: bool = False) -> Dataset:
+    """Santurkar et al. App. A's deep-linear-network task: x ~ N(0, I), targets A x with A ~ N(0, 1) entries;
+    with identity, targets y = x (the same inputs: A is drawn and set aside).
 
     The data are fixed (seed 123) across runs so that seeds vary only the initialisation; the training set
     doubles as the test set, since the claims concern optimisation.
@@ -99,11 +100,17 @@ def gaussian_linear(n_samples: int, dim: int, seed: int = 123) -> Dataset:
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(dim, dim, generator=gen)
     x = torch.randn(n_samples, dim, generator=gen)
+    if identity:
+        a = torch.eye(dim)
     split = Split(x, x @ a.T)
-    return Dataset("gaussian_linear", split, split, num_classes=dim)
+    return Dataset("gaussian_identity" if identity else "gaussian_linear", split, split, num_classes=dim)
 
 
-SYNTHETIC = {"gaussian_linear": gaussian_linear}
+# gaussian_identity: a teacher that a product of positive weights reaches without passing through zero (the
+# Deep Learning Book chain, whose random scalar teacher A = -0.11 forced its weights' product through the P = 0
+# saddle)
+SYNTHETIC = {"gaussian_linear": gaussian_linear,
+             "gaussian_identity": functools.partial(gaussian_linear, identity=True)}
 
 
 def _checksum_message(name: str, folder: Path) -> str:

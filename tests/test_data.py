@@ -82,3 +82,10 @@ def test_mismatched_label_count_is_an_error(tmp_path):
     write_idx(tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(150, np.uint8))
     with pytest.raises(DataError, match="labels"):
         load_dataset("mnist", str(tmp_path), download=False)
+
+
+def test_identity_teacher_keeps_the_inputs_and_targets_them():
+    linear = load_dataset("gaussian_linear", "", n_samples=64, dim=3)
+    identity = load_dataset("gaussian_identity", "", n_samples=64, dim=3)
+    assert torch.equal(identity.train.x, linear.train.x)  # the chain's first-order check sees the same inputs
+    assert torch.equal(identity.train.y, identity.train.x) and not torch.equal(linear.train.y, linear.train.x)
