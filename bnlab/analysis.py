@@ -123,8 +123,11 @@ def probe_median(run, kind: str, column: str, first: float = 0.0, last: float = 
     return float(p[column].median())
 
 
-def moment_change(run, layers=None) -> dict:
-    """Median per-step change of unit means (Santurkar Fig. 8) per hidden layer over the whole run."""
+def moment_change(run, layers=None, moment: str = "mean") -> dict:
+    """Median per-step change of unit means, or with moment="var" of unit variances (Santurkar Fig. 8), per
+    hidden layer over the whole run."""
     m = collect.metrics(run.path)
-    cols = [c for c in m.columns if c.startswith("dmean_L")]
-    return {int(c[7:]): float(m[c].median()) for c in cols if layers is None or int(c[7:]) in layers}
+    prefix = f"d{moment}_L"
+    cols = [c for c in m.columns if c.startswith(prefix)]
+    return {int(c[len(prefix):]): float(m[c].median()) for c in cols
+            if layers is None or int(c[len(prefix):]) in layers}

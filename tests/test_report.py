@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnlab import collect
-from bnlab.analysis import best_lr, ratio, steps_to
+from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
 from bnlab.report import verdict
 
 
@@ -54,6 +54,19 @@ def test_steps_to_target_and_ratios():
     assert steps_to(curve, 0.8) == 100 and math.isinf(steps_to(curve, 0.95))
     assert ratio(100, 400) == 0.25 and ratio(100, math.inf) == 0.0
     assert math.isinf(ratio(math.inf, 100)) and math.isnan(ratio(math.inf, math.inf))
+
+
+def test_moment_changes_pair_runs_layer_by_layer(tmp_path):
+    rows = {"none": [(0.4, 2.0), (0.2, 4.0), (0.3, 6.0)], "lp2": [(0.01, 1.0), (0.03, 3.0), (0.02, 2.0)]}
+    for norm, changes in rows.items():
+        d = fake_run(tmp_path, norm, 0.1, norm, 0, "finished")
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "dmean_L0": m, "dvar_L0": v, "dmean_L1": 2 * m})
+                                                 + "\n" for s, (m, v) in enumerate(changes)))
+    runs = collect.runs(tmp_path)
+    assert moment_change(runs.iloc[1]) == {0: 0.3, 1: 0.6}  # medians over steps, per layer
+    assert moment_change(runs.iloc[1], moment="var") == {0: 4.0}
+    assert paired_ratio(runs, "lp2", "none", moment_change) == pytest.approx([0.02 / 0.3, 0.04 / 0.6])
+    assert paired_ratio(runs, "lp2", "none", lambda r: moment_change(r, moment="var")) == [0.5]
 
 
 @pytest.mark.parametrize("values, expected", [
