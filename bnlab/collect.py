@@ -1,8 +1,9 @@
 """Read run directories from disk into tidy pandas tables; wandb is never needed.
 
 `runs(sweep_dir)`: one row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...),
-the summary (status, accuracies, steps/s, ...) and `path`. A directory without a readable summary is a
-run that was interrupted and is reported as `incomplete`, never dropped.
+the summary (status, accuracies, steps/s, ...), `job_overrides` (the job's overrides as Hydra saved them) and
+`path`. A directory without a readable summary is a run that was interrupted and is reported as `incomplete`,
+never dropped.
 """
 
 import json
@@ -26,6 +27,8 @@ def runs(sweep_dir: str | Path) -> pd.DataFrame:
         except (FileNotFoundError, json.JSONDecodeError):
             summary = {"status": "incomplete"}
         row.update({f"summary.{k}" if k in row else k: v for k, v in summary.items()})
+        overrides = run_dir / ".hydra" / "overrides.yaml"  # the job's command-line overrides, as Hydra saved them
+        row["job_overrides"] = tuple(OmegaConf.load(overrides)) if overrides.is_file() else None
         row["path"] = str(run_dir)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -12,6 +12,7 @@ config before any run:
 
 import argparse
 import importlib
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from bnlab import collect, plots
@@ -79,6 +81,33 @@ def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictC
         return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *overrides])
 
 
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def sweep_jobs(name: str, scale: str, overrides: list[str] = ()) -> tuple[set[frozenset[str]], set[str]]:
+    """The jobs that `python -m bnlab.train experiment=<name> scale=<scale> <overrides>` launches, each as the set
+    of overrides that names its run directory, and the keys that such names leave out. Expanded as Hydra's basic
+    sweeper does: the experiment's sweep params, then the given overrides, which replace a param of their key."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *overrides],
+                      return_hydra_config=True)
+    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    choices = {}
+    for o in OverridesParser.create().parse_overrides([*params, *overrides]):
+        key = o.get_key_element()
+        values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
+        choices[key] = [f"{key}={v}" for v in values]
+    named = [v for k, v in choices.items() if _key(k) not in excluded]
+    return {frozenset(job) for job in itertools.product(*named)}, excluded
+
+
+def in_sweep(job_overrides: tuple[str, ...] | None, jobs: set[frozenset[str]], excluded: set[str]) -> bool:
+    """Was this run one of the sweep's jobs? A run directory without Hydra's record of its overrides counts."""
+    return job_overrides is None or frozenset(o for o in job_overrides if _key(o) not in excluded) in jobs
+
+
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 
@@ -105,12 +134,16 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
     for name in experiment_names():
         cfg = experiment_config(name, scale, overrides)
         sweep_dir = Path(cfg.out_root) / scale / name
-        runs = collect.runs(sweep_dir)
+        on_disk = collect.runs(sweep_dir)
+        if len(on_disk):  # runs of another grid, or with overrides the sweep does not make, are left out
+            jobs, excluded = sweep_jobs(name, scale, overrides)
+            on_disk["in_sweep"] = [in_sweep(o, jobs, excluded) for o in on_disk.job_overrides]
+            all_runs.append(on_disk.drop(columns="job_overrides").assign(experiment=name))
+        runs = on_disk[on_disk.in_sweep] if len(on_disk) else on_disk
         findings: list[Finding] = []
         ctx = Context(name, cfg, runs, out_dir)
         sections.append(f"### {name}")
         if len(runs):
-            all_runs.append(runs.assign(experiment=name))
             findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
         by_claim = {f.claim: f for f in findings}
         for claim_id, claim in cfg.claims.items():
@@ -131,6 +164,11 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
             sections.append(f"Runs of `{name}` on disk: {counts}."
                             + "".join(f"\n  - {s}: `{Path(p).relative_to(cfg.out_root)}`"
                                       for s, p in zip(bad.status, bad.path, strict=True)))
+        if len(on_disk) and not on_disk.in_sweep.all():
+            outside = on_disk[~on_disk.in_sweep].path
+            sections.append("Left out of the analysis, not jobs of this experiment's current sweep (another grid, "
+                            f"or overrides the sweep does not make): {len(outside)} run directories."
+                            + "".join(f"\n  - `{Path(p).relative_to(cfg.out_root)}`" for p in outside))
     table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))

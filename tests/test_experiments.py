@@ -2,9 +2,10 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pandas as pd
 import pytest
 
-from bnlab.report import experiment_names
+from bnlab.report import experiment_names, sweep_jobs
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -21,6 +22,10 @@ def smoke_report(data_root, tmp_path_factory):
         results = pool.map(lambda name: run_cli(["bnlab.train", f"experiment={name}", "scale=smoke",
                                                  "hydra/launcher=basic", *common]), names)
         failures = {name: r.stderr[-2000:] for name, r in zip(names, results, strict=True) if r.returncode != 0}
+    # an exploratory run beside a sweep, with an override the sweep does not make: the report must leave it out
+    explore = run_cli(["bnlab.train", "experiment=dlbook_chain", "scale=smoke", "hydra/launcher=basic", "model.depth=3",
+                       "norm=none", "optim.lr=1e-3", "trainer.steps=20", *common])
+    failures.update({"explore": explore.stderr[-2000:]} if explore.returncode else {})
     r = run_cli(["bnlab.report", "--scale", "smoke", "--out-dir", str(out / "report"), *common])
     return out, failures, r
 
@@ -44,3 +49,15 @@ def test_report_has_a_row_and_a_figure_for_every_claim(smoke_report):
             assert f"**{claim}**" in report, claim
         assert list((out / "report" / "figures").glob(f"{name}_*.png")), f"no figure for {name}"
     assert "no runs on disk yet" not in report
+
+
+def test_report_leaves_out_runs_that_are_not_jobs_of_the_sweep(smoke_report):
+    out, _, _ = smoke_report
+    report = (out / "report" / "REPORT.md").read_text()
+    explored = "smoke/dlbook_chain/model.depth=3,norm=none,optim.lr=0.001,seed=0,trainer.steps=20"
+    assert "Left out of the analysis, not jobs of this experiment's current sweep" in report
+    assert f"- `{explored}`" in report
+    runs = pd.read_csv(out / "report" / "runs.csv")
+    assert runs[~runs.in_sweep].path.str.endswith(explored).tolist() == [True]
+    jobs, _ = sweep_jobs("dlbook_chain", "smoke")
+    assert ((runs.experiment == "dlbook_chain") & runs.in_sweep).sum() == len(jobs) == 12  # depths x norms x rates

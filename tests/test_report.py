@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from bnlab import collect
 from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
-from bnlab.report import verdict
+from bnlab.report import in_sweep, sweep_jobs, verdict
 
 
 def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
@@ -84,3 +84,16 @@ def test_verdict_is_mechanical(values, expected):
 def test_verdict_direction():
     assert verdict([1.0, 2.0], 1.0, "ge") == "reproduced"
     assert verdict([0.5, 1.0, 2.0], 1.0, "le") == "partly"
+
+
+def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
+    jobs, excluded = sweep_jobs("fig1", "cpu")
+    assert len(jobs) == 2 * 4 * 3  # norm x learning rate x seed, as configs/experiment/fig1.yaml sweeps them
+    job = ("norm=batch", "optim.lr=0.5", "seed=2", "experiment=fig1", "scale=cpu", "trainer.progress=False")
+    assert in_sweep(job, jobs, excluded)  # where a run is read from and how it reports do not name it
+    assert not in_sweep((*job, "trainer.steps=1000"), jobs, excluded)  # an exploratory run beside the sweep
+    assert not in_sweep(("norm=batch", "optim.lr=0.3", "seed=2"), jobs, excluded)  # another grid
+    assert in_sweep(None, jobs, excluded)  # no record of its overrides: kept
+    # an override given to the report replaces the param of its key, as it does for the sweep
+    jobs, excluded = sweep_jobs("fig1", "cpu", ["norm=batch", "trainer.steps=1000"])
+    assert len(jobs) == 4 * 3 and in_sweep((*job, "trainer.steps=1000"), jobs, excluded)
