@@ -107,7 +107,7 @@ def gaussian_linear(n_samples: int, dim: int, seed: int = 123, identity: bool = 
 
 
 # gaussian_identity: a teacher that a product of positive weights reaches without passing through zero (the
-# Deep Learning Book chain, whose random scalar teacher A = -0.11 forced its weights' product through the P = 0
+# Deep Learning Book chain, whose random scalar teacher A = -0.11 sent its weights' product into the P = 0
 # saddle)
 SYNTHETIC = {"gaussian_linear": gaussian_linear,
              "gaussian_identity": functools.partial(gaussian_linear, identity=True)}
