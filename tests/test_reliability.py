@@ -36,7 +36,10 @@ def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tm
         deadline = time.time() + 240
         while time.time() < deadline:
             done = list(sweep.glob("*/summary.json"))
-            partial = [p for p in sweep.glob("*/checkpoint.pt") if not (p.parent / "summary.json").exists()]
+            # at most half-way (8 of 16 evaluation rows): a run that is about to finish can write its summary
+            # and delete its checkpoint between this poll and the kill, leaving nothing part-way to resume
+            partial = [p for p in sweep.glob("*/checkpoint.pt") if not (p.parent / "summary.json").exists()
+                       and len((p.parent / "metrics.jsonl").read_text().splitlines()) <= 8]
             if done and partial:
                 break
             time.sleep(0.02)
