@@ -220,6 +220,16 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
                 "weight_grad_norms": [grad_of[id(w)].norm().item() for w in weights]}
 
 
+def weight_grad_norms(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> list[float]:
+    """Frobenius norm of the loss gradient for each linear map's weight, input to output (hidden layers, then the
+    head), in training mode on one batch: where in depth the gradient is large."""
+    with frozen(model):
+        model.train()
+        weights = [b.linear.weight for b in model.blocks] + [model.head.weight]
+        _, grads = _grads(model, x, y, loss_fn, weights, torch.get_rng_state())
+    return [g.norm().item() for g in grads]
+
+
 def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: list[float]) -> list[float]:
     """Bjorck et al. 2018: L(theta - eta grad L) / L(theta) for each step size eta, on one batch."""
     with frozen(model):

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
@@ -10,28 +11,30 @@ from bnlab import collect, plots
 from bnlab.analysis import best_lr, done, final_score, score, select
 from bnlab.data import load_dataset
 from bnlab.models import build_model
-from bnlab.probes import LOSSES, relative_loss
+from bnlab.probes import LOSSES, relative_loss, weight_grad_norms
 from bnlab.report import Context, Finding
 
 ARMS = ("none", "batch")
 ETAS = np.logspace(-4, 1, 21).tolist()
 
 
-def one_step_curves(ctx: Context, seeds: list[int]) -> dict:
-    """Relative loss after one gradient step at initialisation, per arm and seed, on one fixed batch."""
+def one_step_curves(ctx: Context, seeds: list[int]) -> tuple[dict, dict]:
+    """Relative loss after one gradient step at initialisation, per arm and seed, on one fixed batch; and the
+    weight gradients' norms, layer by layer, that the step is taken along."""
     d = ctx.cfg.data
     data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess)
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train.x), generator=gen)[:int(ctx.cfg.claims.B3_one_step_blowup.params.batch)]
     x, y = data.train.x[idx], data.train.y[idx]
-    out = {}
+    curves, grad_norms = {}, {}
     for arm in ARMS:
         for seed in seeds:
             torch.manual_seed(seed)  # the same initialisation as the run with this seed
             norm = OmegaConf.merge(ctx.cfg.norm, {"name": arm})
             model = build_model(ctx.cfg.model, norm, data.shape, data.num_classes)
-            out[arm, seed] = relative_loss(model, x, y, LOSSES["cross_entropy"], ETAS)
-    return out
+            curves[arm, seed] = relative_loss(model, x, y, LOSSES["cross_entropy"], ETAS)
+            grad_norms[arm, seed] = weight_grad_norms(model, x, y, LOSSES["cross_entropy"])
+    return curves, grad_norms
 
 
 def first_blowup(ratios: list[float]) -> float:
@@ -42,8 +45,8 @@ def first_blowup(ratios: list[float]) -> float:
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     seeds = sorted(int(s) for s in runs.seed.unique())
-    steps = one_step_curves(ctx, seeds)
-    fig, ax = plots.subplots(3, width=3.3)
+    steps, grad_norms = one_step_curves(ctx, seeds)
+    fig, ax = plots.subplots(4, width=3.3)
     for arm in ARMS:
         r = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
         g = r.groupby("optim.lr").score
@@ -56,6 +59,10 @@ def analyze(ctx: Context) -> list[Finding]:
             acts = collect.activations(first.path.iloc[0])
             a = acts[acts.step == 0].sort_values("layer")
             ax[0, 2].plot(a.layer + 1, a["std"], marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
+        for seed in seeds:
+            norms = grad_norms[arm, seed]
+            ax[0, 3].plot(range(1, len(norms) + 1), norms, marker="o", ms=3, color=plots.COLORS[arm], alpha=0.7,
+                          label=plots.LABELS[arm] if seed == seeds[0] else None)
     ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
                  title=f"{ctx.cfg.model.depth}-layer ReLU MLP, {ctx.cfg.trainer.steps} steps")
     ax[0, 1].axhline(1, color="k", lw=0.6, ls="--")
@@ -63,11 +70,22 @@ def analyze(ctx: Context) -> list[Finding]:
                  title="one step at initialisation")
     ax[0, 2].set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
                  title="activation scale at initialisation")
+    ax[0, 3].set(yscale="log", xlabel="weight layer (last: output)", ylabel="|dL/dW| (Frobenius)",
+                 title="gradient at initialisation")
     for a in ax[0]:
         a.legend(fontsize=7)
     fig_path = plots.save(fig, ctx.figure_path("lr_onestep_depth"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
     ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
+    layers = range(len(grad_norms[ARMS[0], seeds[0]]))
+    ctx.write_table("grad_norm_init", pd.DataFrame(
+        {"weight layer": [f"{i + 1}" if i < len(layers) - 1 else f"{i + 1} (output)" for i in layers],
+         **{plots.LABELS[arm]: [plots.median_range([grad_norms[arm, s][i] for s in seeds]) for i in layers]
+            for arm in ARMS},
+         "BN / none": [plots.median_range([grad_norms["batch", s][i] / grad_norms["none", s][i] for s in seeds])
+                       for i in layers]}),
+        "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
+        "(a reading aid for B3_one_step_blowup, not a claim)")
 
     low = min(runs["optim.lr"])
     small = [abs(100 * (final_score(a) - final_score(b))) for s in seeds

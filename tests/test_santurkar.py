@@ -1,4 +1,5 @@
-"""Property tests behind the 'why does BN work' experiments (Ioffe §3.3, Santurkar Alg. 1, Def. 2.1, Thm 4.1)."""
+"""Property tests behind the 'why does BN work' experiments (Ioffe §3.3, Santurkar Alg. 1, Def. 2.1, Thm 4.1,
+Bjorck §3)."""
 
 import math
 
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 
 from bnlab.config import NormConfig
 from bnlab.norms import NORMALIZERS, AlgOneNoise
-from bnlab.probes import LOSSES, internal_covariate_shift, landscape
+from bnlab.probes import LOSSES, internal_covariate_shift, landscape, relative_loss, weight_grad_norms
 from bnlab.runlog import read_jsonl
 from bnlab.train import train
 from tests.conftest import make_cfg
@@ -89,12 +90,33 @@ def test_probes_leave_model_and_rng_bit_for_bit_unchanged(norm):
     rng = torch.get_rng_state()
     ics = internal_covariate_shift(net, x, y, LOSSES["cross_entropy"], 0.1, [1, 2])
     land = landscape(net, x, y, LOSSES["cross_entropy"], 0.1, [0.5, 1, 2, 4], seed=3)
+    one_step = relative_loss(net, x, y, LOSSES["cross_entropy"], [1e-3, 1.0])
+    grad_norms = weight_grad_norms(net, x, y, LOSSES["cross_entropy"])
     assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in net.parameters())
     # and they are deterministic: same noise draw for every gradient on the same batch
     assert internal_covariate_shift(net, x, y, LOSSES["cross_entropy"], 0.1, [1, 2]) == ics
     assert landscape(net, x, y, LOSSES["cross_entropy"], 0.1, [0.5, 1, 2, 4], seed=3) == land
+    assert relative_loss(net, x, y, LOSSES["cross_entropy"], [1e-3, 1.0]) == one_step
+    assert weight_grad_norms(net, x, y, LOSSES["cross_entropy"]) == grad_norms
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_one_step_probes_match_autograd_and_first_order(norm):
+    """Bjorck §3: the weight gradients' norms are autograd's, layer by layer; for a tiny step the relative loss
+    is 1 - eta |g|^2 / L, the first-order change."""
+    torch.manual_seed(0)
+    net = model("mlp", norm, depth=4, width=32, activation="relu", init="kaiming")
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    loss = F.cross_entropy(net(x), y)
+    weights = [b.linear.weight for b in net.blocks] + [net.head.weight]
+    want = [g.norm().item() for g in torch.autograd.grad(loss, weights)]
+    assert weight_grad_norms(net, x, y, LOSSES["cross_entropy"]) == pytest.approx(want, rel=1e-6)
+    g2 = sum(g.pow(2).sum() for g in torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters())))
+    eta = 1e-4
+    [ratio] = relative_loss(net, x, y, LOSSES["cross_entropy"], [eta])
+    assert 1 - ratio == pytest.approx(eta * g2.item() / loss.item(), rel=0.02)  # ~5e-4; second order ~1%
 
 
 def test_training_with_probes_is_the_training_without(data_root, tmp_path):
