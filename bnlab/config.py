@@ -4,6 +4,7 @@ Hydra checks the composed YAML against these dataclasses, so `optim.lr=abc` or a
 error at start-up. `validate()` then checks what a type cannot express (names in registries, ranges).
 """
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -147,6 +148,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@functools.cache
+def _schema_defaults() -> dict:
+    """The schema's values, flattened (building the structured config takes ~60 ms; the report asks per run)."""
+    return flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))  # type: ignore[arg-type]
+
+
 def run_identity(cfg: DictConfig) -> str:
     """A hash of the values that make a run's numbers and differ from the schema's defaults.
 
@@ -154,7 +161,7 @@ def run_identity(cfg: DictConfig) -> str:
     (with a default that keeps old behaviour) does not invalidate finished runs; like a code change, a
     changed default is the author's to handle (delete the affected runs)."""
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))  # type: ignore[arg-type]
+    defaults = _schema_defaults()
     kept = {k: v for k, v in values.items()
             if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC) and defaults.get(k, ...) != v}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -11,6 +11,7 @@ config before any run:
 """
 
 import argparse
+import copy
 import importlib
 import itertools
 import math
@@ -21,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bnlab import collect, plots
-from bnlab.config import REPO_ROOT
+from bnlab.config import REPO_ROOT, run_identity
 from bnlab.runlog import atomic_write_text, environment
 
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -103,9 +104,31 @@ def sweep_jobs(name: str, scale: str, overrides: list[str] = ()) -> tuple[set[fr
     return {frozenset(job) for job in itertools.product(*named)}, excluded
 
 
+def job_name(job_overrides: tuple[str, ...] | None, excluded: set[str]) -> frozenset[str] | None:
+    """The overrides that name a run's directory, as `sweep_jobs` lists a job (None: no record of them)."""
+    return None if job_overrides is None else frozenset(o for o in job_overrides if _key(o) not in excluded)
+
+
 def in_sweep(job_overrides: tuple[str, ...] | None, jobs: set[frozenset[str]], excluded: set[str]) -> bool:
     """Was this run one of the sweep's jobs? A run directory without Hydra's record of its overrides counts."""
-    return job_overrides is None or frozenset(o for o in job_overrides if _key(o) not in excluded) in jobs
+    return job_overrides is None or job_name(job_overrides, excluded) in jobs
+
+
+def job_identities(name: str, scale: str, jobs: set[frozenset[str]]) -> dict[frozenset[str], str]:
+    """The identity (`config.run_identity`) that `train` gives each job under the config files as they are now.
+    One Hydra compose per combination of config-group choices (~0.2 s each); the job's other overrides are set
+    on a copy of it, as Hydra sets them after composing, so a grid of rates and seeds costs one compose."""
+    parser, composed, out = OverridesParser.create(), {}, {}
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for job in jobs:
+            groups = tuple(sorted(o for o in job if (CONFIG_DIR / _key(o)).is_dir()))
+            if groups not in composed:
+                composed[groups] = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *groups])
+            cfg = copy.deepcopy(composed[groups])
+            for o in parser.parse_overrides(sorted(job - set(groups))):
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+            out[job] = run_identity(cfg)
+    return out
 
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
@@ -135,11 +158,17 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
         cfg = experiment_config(name, scale, overrides)
         sweep_dir = Path(cfg.out_root) / scale / name
         on_disk = collect.runs(sweep_dir)
-        if len(on_disk):  # runs of another grid, or with overrides the sweep does not make, are left out
+        if len(on_disk):  # runs of another grid, with overrides the sweep does not make, or whose config has
+            # changed since they trained (their identity is not the one train would give them now) are left out
             jobs, excluded = sweep_jobs(name, scale, overrides)
-            on_disk["in_sweep"] = [in_sweep(o, jobs, excluded) for o in on_disk.job_overrides]
+            named = [job_name(o, excluded) for o in on_disk.job_overrides]
+            on_disk["in_sweep"] = [n is None or n in jobs for n in named]
+            current = job_identities(name, scale, {n for n in named if n in jobs})
+            identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
+            on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]
+                                for n, i in zip(named, identity, strict=True)]
             all_runs.append(on_disk.drop(columns="job_overrides").assign(experiment=name))
-        runs = on_disk[on_disk.in_sweep] if len(on_disk) else on_disk
+        runs = on_disk[on_disk.in_sweep & ~on_disk.stale] if len(on_disk) else on_disk
         findings: list[Finding] = []
         ctx = Context(name, cfg, runs, out_dir)
         sections.append(f"### {name}")
@@ -169,6 +198,12 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
             sections.append("Left out of the analysis, not jobs of this experiment's current sweep (another grid, "
                             f"or overrides the sweep does not make): {len(outside)} run directories."
                             + "".join(f"\n  - `{Path(p).relative_to(cfg.out_root)}`" for p in outside))
+        if len(on_disk) and on_disk.stale.any():
+            stale = on_disk[on_disk.stale].path
+            remake = f"make {name}" + ("" if scale == "cpu" else f" SCALE={scale}")
+            sections.append(f"Left out of the analysis, trained under an earlier config of this experiment "
+                            f"(`{remake}` retrains them): {len(stale)} run directories."
+                            + "".join(f"\n  - `{Path(p).relative_to(cfg.out_root)}`" for p in stale))
     table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))

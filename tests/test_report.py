@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 
 from bnlab import collect
 from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
-from bnlab.report import in_sweep, sweep_jobs, verdict
+from bnlab.config import run_identity
+from bnlab.report import experiment_config, in_sweep, job_identities, sweep_jobs, verdict
 
 
 def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
@@ -97,3 +98,15 @@ def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
     # an override given to the report replaces the param of its key, as it does for the sweep
     jobs, excluded = sweep_jobs("fig1", "cpu", ["norm=batch", "trainer.steps=1000"])
     assert len(jobs) == 4 * 3 and in_sweep((*job, "trainer.steps=1000"), jobs, excluded)
+
+
+@pytest.mark.parametrize("name", ["lr_sweep_cnn", "dlbook_chain"])
+def test_job_identities_are_those_of_the_jobs_composed_one_by_one(name):
+    """The report's shortcut (one compose per choice of config groups, the other overrides set on a copy) gives
+    every job the identity that `train` computes from the job's own compose: groups (data, norm) and keys
+    (model.depth, model.activation, optim.lr, seed), an int given for a float included."""
+    jobs, _ = sweep_jobs(name, "smoke")
+    int_lr = frozenset({"norm=batch", "optim.lr=1", "seed=0"})  # an int for a float, as a command line may give
+    fast = job_identities(name, "smoke", jobs | {int_lr})
+    assert fast == {job: run_identity(experiment_config(name, "smoke", sorted(job))) for job in jobs | {int_lr}}
+    assert len({fast[job] for job in jobs}) == len(jobs)  # and no two of the sweep's jobs share one
