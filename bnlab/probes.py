@@ -89,6 +89,11 @@ def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[t
     return loss.item(), torch.autograd.grad(loss, params)
 
 
+def _weights(model: Net) -> list[torch.Tensor]:
+    """Every linear map's weight, input to output: the hidden layers', then the head's."""
+    return [b.linear.weight for b in model.blocks] + [model.head.weight]
+
+
 def _flat(ts) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
@@ -215,18 +220,16 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
             after = model(x).mean()
         _assign(params, saved)
         grad_of = dict(zip(map(id, params), grads, strict=True))
-        weights = [b.linear.weight for b in model.blocks] + [model.head.weight]
         return {"ratio": (after - cost).item() / -target, "grad_norm": _flat(grads).norm().item(),
-                "weight_grad_norms": [grad_of[id(w)].norm().item() for w in weights]}
+                "weight_grad_norms": [grad_of[id(w)].norm().item() for w in _weights(model)]}
 
 
 def weight_grad_norms(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> list[float]:
-    """Frobenius norm of the loss gradient for each linear map's weight, input to output (hidden layers, then the
-    head), in training mode on one batch: where in depth the gradient is large."""
+    """Frobenius norm of the loss gradient for each linear map's weight, input to output, in training mode on
+    one batch: where in depth the gradient is large."""
     with frozen(model):
         model.train()
-        weights = [b.linear.weight for b in model.blocks] + [model.head.weight]
-        _, grads = _grads(model, x, y, loss_fn, weights, torch.get_rng_state())
+        _, grads = _grads(model, x, y, loss_fn, _weights(model), torch.get_rng_state())
     return [g.norm().item() for g in grads]
 
 
