@@ -109,9 +109,9 @@ def job_name(job_overrides: tuple[str, ...] | None, excluded: set[str]) -> froze
     return None if job_overrides is None else frozenset(o for o in job_overrides if _key(o) not in excluded)
 
 
-def in_sweep(job_overrides: tuple[str, ...] | None, jobs: set[frozenset[str]], excluded: set[str]) -> bool:
-    """Was this run one of the sweep's jobs? A run directory without Hydra's record of its overrides counts."""
-    return job_overrides is None or job_name(job_overrides, excluded) in jobs
+def in_sweep(name: frozenset[str] | None, jobs: set[frozenset[str]]) -> bool:
+    """Was the run of this `job_name` one of the sweep's jobs? A run without Hydra's record of its overrides counts."""
+    return name is None or name in jobs
 
 
 def job_identities(name: str, scale: str, jobs: set[frozenset[str]]) -> dict[frozenset[str], str]:
@@ -162,7 +162,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
             # changed since they trained (their identity is not the one train would give them now) are left out
             jobs, excluded = sweep_jobs(name, scale, overrides)
             named = [job_name(o, excluded) for o in on_disk.job_overrides]
-            on_disk["in_sweep"] = [n is None or n in jobs for n in named]
+            on_disk["in_sweep"] = [in_sweep(n, jobs) for n in named]
             current = job_identities(name, scale, {n for n in named if n in jobs})
             identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
             on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]

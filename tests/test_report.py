@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from bnlab import collect
 from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
 from bnlab.config import run_identity
-from bnlab.report import experiment_config, in_sweep, job_identities, sweep_jobs, verdict
+from bnlab.report import experiment_config, in_sweep, job_identities, job_name, sweep_jobs, verdict
 
 
 def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
@@ -91,13 +91,13 @@ def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
     jobs, excluded = sweep_jobs("fig1", "cpu")
     assert len(jobs) == 2 * 4 * 3  # norm x learning rate x seed, as configs/experiment/fig1.yaml sweeps them
     job = ("norm=batch", "optim.lr=0.5", "seed=2", "experiment=fig1", "scale=cpu", "trainer.progress=False")
-    assert in_sweep(job, jobs, excluded)  # where a run is read from and how it reports do not name it
-    assert not in_sweep((*job, "trainer.steps=1000"), jobs, excluded)  # an exploratory run beside the sweep
-    assert not in_sweep(("norm=batch", "optim.lr=0.3", "seed=2"), jobs, excluded)  # another grid
-    assert in_sweep(None, jobs, excluded)  # no record of its overrides: kept
+    assert in_sweep(job_name(job, excluded), jobs)  # where a run is read from and how it reports do not name it
+    assert not in_sweep(job_name((*job, "trainer.steps=1000"), excluded), jobs)  # an exploratory run beside the sweep
+    assert not in_sweep(job_name(("norm=batch", "optim.lr=0.3", "seed=2"), excluded), jobs)  # another grid
+    assert in_sweep(job_name(None, excluded), jobs)  # no record of its overrides: kept
     # an override given to the report replaces the param of its key, as it does for the sweep
     jobs, excluded = sweep_jobs("fig1", "cpu", ["norm=batch", "trainer.steps=1000"])
-    assert len(jobs) == 4 * 3 and in_sweep((*job, "trainer.steps=1000"), jobs, excluded)
+    assert len(jobs) == 4 * 3 and in_sweep(job_name((*job, "trainer.steps=1000"), excluded), jobs)
 
 
 @pytest.mark.parametrize("name", ["lr_sweep_cnn", "dlbook_chain"])
