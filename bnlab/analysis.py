@@ -64,6 +64,30 @@ def ratio(a: float, b: float) -> float:
     return math.inf if math.isinf(a) else a / b
 
 
+def paired_steps_ratio(runs: pd.DataFrame, arm: str, reference: str, target: float,
+                       column: str = "test_acc") -> list[float]:
+    """Steps for `arm` to reach target over steps for `reference` (norm names), one ratio per seed; runs must hold
+    one run per arm and seed (select a learning rate first). A run that never reaches it takes infinitely long."""
+    a, b = curves(select(runs, norm__name=arm)), curves(select(runs, norm__name=reference))
+    return [ratio(steps_to(a[s], target, column), steps_to(b[s], target, column)) for s in sorted(set(a) & set(b))]
+
+
+def per_seed_ratio(runs: pd.DataFrame, arm: str, reference: str, value) -> list[float]:
+    """value(run of arm) / value(run of reference) paired by seed; a value that is a dict (per layer) gives each
+    seed the median of its key-by-key ratios: layers summarise one replicate, they are not replicates."""
+    out = []
+    for _, g in runs.groupby("seed"):
+        a, b = select(g, norm__name=arm), select(g, norm__name=reference)
+        if len(a) and len(b):
+            va, vb = value(a.iloc[0]), value(b.iloc[0])
+            if isinstance(va, dict):
+                ratios = [va[k] / vb[k] for k in va if k in vb and vb[k]]
+                out.append(float(np.median(ratios)) if ratios else math.nan)
+            else:
+                out.append(va / vb if vb else math.nan)
+    return out
+
+
 def fraction_beyond(acts: pd.DataFrame, limit: float, hist_range: float) -> pd.Series:
     """Per activation row, the fraction of values with |x| > limit, from the histogram and overflow counts."""
 

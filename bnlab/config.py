@@ -30,6 +30,7 @@ class DataConfig:
     preprocess: str = "unit"  # unit: pixels/255 | standardize: per-channel z-score | binarize: >0.5
     n_samples: int = 1000  # synthetic datasets only (Santurkar App. A: the DLN's 1000 samples)
     dim: int = 10  # synthetic datasets only: input and output width
+    train_size: int = 0  # >0: train on the first n training examples only (a small set a network can overfit)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class OptimConfig:
 class TrainerConfig:
     steps: int = 1000  # the papers count steps, not epochs
     batch_size: int = 60
+    classes_per_batch: int = 0  # >0: every batch holds examples of this many classes only (non-i.i.d. batches)
     eval_every: int = 500  # full test set, eval mode
     probe_every: int = 500  # activation percentiles on a fixed training batch
     probe_size: int = 500
@@ -101,6 +103,17 @@ class WandbConfig:
 
 
 @dataclass
+class Amendment:
+    """A criterion replaced after its results were seen: the original, kept beside the new one, and why."""
+
+    statement: str = MISSING
+    threshold: float = MISSING
+    direction: str = "ge"
+    verdict: str = MISSING  # what the original criterion gave, as last reported
+    why: str = MISSING
+
+
+@dataclass
 class Claim:
     source: str = MISSING  # paper, section, figure
     statement: str = MISSING  # the criterion in words, fixed before the run
@@ -108,6 +121,11 @@ class Claim:
     threshold: float = MISSING
     direction: str = "ge"  # ge: measured >= threshold passes | le: measured <= threshold passes
     params: dict[str, float] = field(default_factory=dict)  # other fixed parts of the criterion (targets, ...)
+    kind: str = "claim"  # claim: evidence | check: holds by construction, confirms the implementation
+    replicate: str = "seed"  # what one value is: always one independent training run
+    cells: str = "all"  # over several cells: all of them, or an integer k (at least k cells reproduced)
+    tie: float = 0.0  # a value within tie x |threshold| of the threshold is a tie: it neither passes nor fails
+    amended: Amendment | None = None  # the criterion this one replaced, if it was changed after its results
 
 
 @dataclass

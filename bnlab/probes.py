@@ -30,14 +30,20 @@ def frozen(model: Net):
         model.train(was_training)
 
 
-def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
-    """The input of every hidden nonlinearity on batch x, in training mode (batch statistics), as units x values.
+def layer_values(model: Net, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Per hidden block on batch x, in training mode (batch statistics), each as units x values: `u`, the block's
+    input; `wu`, its linear map's output Wu + b; `x`, the input of its nonlinearity (Wu + b normalised).
 
     For a conv layer a unit is a channel and its values run over batch and positions (Ioffe §3.2).
     """
-    captured: list[torch.Tensor] = []
-    hooks = [b.norm.register_forward_hook(lambda m, i, out: captured.append(out.detach()))
-             for b in model.blocks]
+    captured: list[dict[str, torch.Tensor]] = []
+
+    def linear_hook(module, inputs, out):
+        captured.append({"u": inputs[0].detach(), "wu": out.detach()})
+
+    hooks = [h for b in model.blocks for h in (
+        b.linear.register_forward_hook(linear_hook),
+        b.norm.register_forward_hook(lambda m, i, out: captured[-1].update(x=out.detach())))]
     try:
         with frozen(model), torch.no_grad():
             model.train()
@@ -45,26 +51,41 @@ def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
     finally:
         for h in hooks:
             h.remove()
-    return [a.transpose(0, 1).reshape(a.shape[1], -1) for a in captured]
+    return [{k: a.transpose(0, 1).reshape(a.shape[1], -1) for k, a in c.items()} for c in captured]
+
+
+def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every hidden nonlinearity on batch x, in training mode (batch statistics), as units x values."""
+    return [v["x"] for v in layer_values(model, x)]
+
+
+def excess_kurtosis(a: torch.Tensor) -> torch.Tensor:
+    """Per unit (row) over its values; NaN for a constant unit (a pixel that is always 0)."""
+    centred = a - a.mean(1, keepdim=True)
+    var = centred.pow(2).mean(1)
+    return centred.pow(4).mean(1) / var.pow(2) - 3
 
 
 def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_range: float) -> list[dict]:
     """Per hidden layer: percentiles of the whole layer and of units 0..units-1, moments, and a histogram."""
     q = torch.tensor(PERCENTILES) / 100.0
+    median = lambda t: torch.nanquantile(t, 0.5).item()  # noqa: E731  (nanmedian takes the lower middle)
     rows = []
-    for layer, a in enumerate(pre_activations(model, x)):
+    for layer, values in enumerate(layer_values(model, x)):
+        a = values["x"]
         flat = a.flatten()
         per_unit = torch.quantile(a[:units], q, dim=1).T  # units x 3
         mean, std = flat.mean(), flat.std()
         # shape per unit (over the batch), then the median over units: is each unit's input Gaussian?
         centred = a - a.mean(1, keepdim=True)
-        var = centred.pow(2).mean(1)
-        skew = centred.pow(3).mean(1) / var.pow(1.5)
-        kurt = centred.pow(4).mean(1) / var.pow(2) - 3
+        skew = centred.pow(3).mean(1) / centred.pow(2).mean(1).pow(1.5)
+        kurt = excess_kurtosis(a)
         jarque_bera = a.shape[1] / 6 * (skew.pow(2) + kurt.pow(2) / 4)  # ~ chi2(2) under normality
-        median = lambda t: torch.nanquantile(t, 0.5).item()  # noqa: E731  (nanmedian takes the lower middle)
         row = {"layer": layer, "mean": mean.item(), "std": std.item(), "skew": median(skew),
-               "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera)}
+               "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera),
+               # Ioffe §3.2: is Wu + b more Gaussian than the layer's input u? median over units of |kurtosis|
+               "abs_kurtosis": median(kurt.abs()), "abs_kurtosis_wu": median(excess_kurtosis(values["wu"]).abs()),
+               "abs_kurtosis_u": median(excess_kurtosis(values["u"]).abs())}
         row.update({f"p{int(p)}": v for p, v in zip(PERCENTILES, torch.quantile(flat, q).tolist(), strict=True)})
         for u in range(per_unit.shape[0]):
             row.update({f"u{u}_p{int(p)}": v for p, v in zip(PERCENTILES, per_unit[u].tolist(), strict=True)})

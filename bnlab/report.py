@@ -3,20 +3,15 @@
   python -m bnlab.report [--scale cpu]
 
 For each experiment config (configs/experiment/<name>.yaml) with runs on disk, `experiments.<name>.analyze`
-measures each claim that config declares. The verdict is mechanical, from the criterion written in the
-config before any run:
-  reproduced      the median over seeds meets the criterion, and so does every seed
-  partly          the median meets it, at least one seed does not
-  not reproduced  the median does not meet it
+measures each claim that config declares; `bnlab.claims` gives the verdict, mechanically, from the criterion
+written in the config before the runs. REPORT.md opens with the tally of the empirical claims, keeps the
+sanity checks (`kind: check`) apart, and lists every amended criterion beside its original.
 """
 
 import argparse
 import copy
 import importlib
 import itertools
-import math
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,52 +20,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab import collect, plots
+from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates
 from bnlab.config import REPO_ROOT, run_identity
-from bnlab.runlog import atomic_write_text, environment
+from bnlab.runlog import atomic_write_text
 
 CONFIG_DIR = REPO_ROOT / "configs"
-
-
-@dataclass
-class Finding:
-    claim: str  # a key of the experiment config's `claims`
-    values: list[float]  # the measured quantity, one value per seed (or per independent replicate)
-    detail: str = ""  # what was measured, in words and numbers
-    figure: str = ""  # path of the figure that shows it
-
-
-@dataclass
-class Context:
-    """What an experiment's analysis gets: its runs, its config and where to put figures and tables."""
-
-    name: str
-    cfg: DictConfig
-    runs: pd.DataFrame
-    out_dir: Path
-    tables: list[str] = field(default_factory=list)
-
-    def figure_path(self, stem: str) -> Path:
-        return self.out_dir / "figures" / f"{self.name}_{stem}"
-
-    def write_table(self, stem: str, table: pd.DataFrame, caption: str) -> None:
-        path = self.out_dir / "tables" / f"{self.name}_{stem}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path.with_suffix(".csv"), table.to_csv(index=False))
-        self.tables.append(f"**{caption}** (`{path.with_suffix('.csv').relative_to(self.out_dir)}`)\n\n"
-                           + table.to_markdown(index=False))
-
-
-def passes(value: float, threshold: float, direction: str) -> bool:
-    return value >= threshold if direction == "ge" else value <= threshold
-
-
-def verdict(values: list[float], threshold: float, direction: str) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return "not measured"
-    if not passes(statistics.median(vals), threshold, direction):
-        return "not reproduced"
-    return "reproduced" if all(passes(v, threshold, direction) for v in vals) else "partly"
 
 
 def experiment_names() -> list[str]:
@@ -135,12 +89,14 @@ README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 
 def claims_for_readme(rows: list[dict], out_dir: Path) -> str:
-    """The claims table in short: claim id, source, ours, verdict, with the figure link made README-relative."""
-    table = pd.DataFrame([{"claim": r["claim"].split("**")[1], "source": r["source"], "criterion": r["criterion"],
-                           "measured": r["measured: median [min, max]"], "verdict": r["verdict"],
-                           "figure": r["figure"].replace("](", f"]({out_dir.relative_to(REPO_ROOT)}/")}
-                          for r in rows])
-    return table.to_markdown(index=False)
+    """The README's block: the tally of the empirical claims and where the report is."""
+    claims = [r for r in rows if r["kind"] == "claim"]
+    tally = ", ".join(f"{n} {v}" for v in (*VERDICTS, "not measured")
+                      if (n := sum(r["base verdict"] == v for r in claims)))
+    checks = sum(r["kind"] == "check" for r in rows)
+    return (f"**{len(claims)} empirical claims: {tally}**; {checks} sanity checks apart. Claim by claim, with "
+            f"the numbers: [{(out_dir / 'REPORT.md').relative_to(REPO_ROOT)}]"
+            f"({(out_dir / 'REPORT.md').relative_to(REPO_ROOT)}).")
 
 
 def update_readme(table: str) -> None:
@@ -177,15 +133,9 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
         by_claim = {f.claim: f for f in findings}
         for claim_id, claim in cfg.claims.items():
             f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
-            op = "≥" if claim.direction == "ge" else "≤"
-            fig = f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else ""
-            cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (norms like ||g|| inside a table)
-            rows.append({"claim": f"**{claim_id}** {cell(claim.statement)}", "source": cell(claim.source),
-                         "paper": cell(claim.paper), "criterion": f"{op} {claim.threshold:g}",
-                         "measured: median [min, max]": plots.median_range(f.values),
-                         "verdict": verdict(f.values, claim.threshold, claim.direction), "figure": fig})
-            if f.detail:
-                sections.append(f"- **{claim_id}**: {f.detail}")
+            row = claim_row(name, claim_id, claim, f, out_dir)
+            rows.append(row)
+            sections.append(claim_section(row, claim, f))
         sections.extend(ctx.tables)
         if len(runs):
             bad = runs[runs.status.isin(["failed", "incomplete"])]
@@ -207,17 +157,80 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
     table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))
-    env = environment()
-    header = (f"# bnlab report (scale `{scale}`)\n\nGenerated by `python -m bnlab.report --scale {scale}` from the "
-              f"run directories under `results/runs/{scale}/`; every number below comes from those files.\n"
-              f"torch {env['torch']}, torchvision {env['torchvision']}, Python {env['python']}, "
-              f"git {env['git_sha'][:10]}, {env['cpu']}; every run single-threaded, two runs at a time. "
-              "Numbers are median [min, max] over seeds (n = number of values).\n\n"
-              "Verdicts: *reproduced* = the median over seeds meets the criterion fixed in the experiment "
-              "config before the runs, and so does every seed; *partly* = the median meets it but some seed "
-              "does not; *not reproduced* = the median does not.\n\n")
-    body = pd.DataFrame(rows).to_markdown(index=False) if rows else "(no claims)"
-    return header + "## Claims\n\n" + body + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows
+    return header(scale, table, rows) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows
+
+
+def claim_row(experiment: str, claim_id: str, claim: DictConfig, f: Finding, out_dir: Path) -> dict:
+    op = "≥" if claim.direction == "ge" else "≤"
+    result, cells = claim_verdict(f, claim.threshold, claim.direction, claim.cells, claim.tie)
+    n = replicates(f)
+    single = not isinstance(f.values, dict)
+    return {"id": claim_id, "experiment": experiment, "kind": claim.kind, "source": claim.source,
+            "statement": claim.statement, "criterion": f"{op} {claim.threshold:g}",
+            "measured": plots.median_range(f.values) if single else cells,
+            "n": n, "verdict": result + (f" ({cells})" if cells and result == "partly" else ""),
+            "few": 0 < n < MIN_REPLICATES, "base verdict": result,
+            "figure": f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else "",
+            **({"amended": True, "verdict then": claim.amended.verdict,
+                "original": f"{claim.amended.statement} ({'≥' if claim.amended.direction == 'ge' else '≤'} "
+                            f"{claim.amended.threshold:g})"} if claim.amended else {})}
+
+
+def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
+    """A claim's statement, criterion, what each value is, the per-cell table and the analysis's detail."""
+    text = [f"#### {row['id']} ({row['kind']}): {row['verdict']}",
+            f"*{claim.source}.* {claim.statement}. Criterion: measured {row['criterion']}; one value per "
+            f"{claim.replicate}" + (f"; cells combine as: {claim.cells}" if isinstance(f.values, dict) else "")
+            + f". Paper: {claim.paper}"]
+    if isinstance(f.values, dict):
+        table = pd.DataFrame([{"cell": cell, "measured: median [min, max] (n)": plots.median_range(v),
+                               "verdict": claim_verdict(Finding(row["id"], v), claim.threshold,
+                                                        claim.direction, tie=claim.tie)[0]}
+                              for cell, v in f.values.items()])
+        text.append(table.to_markdown(index=False))
+    if row["few"]:
+        text.append(f"Fewer than {MIN_REPLICATES} replicates: read this verdict as provisional.")
+    if f.detail:
+        text.append(f.detail)
+    if claim.amended:
+        a = claim.amended
+        text.append(f"Amended after its results were seen. Original criterion: {a.statement} "
+                    f"({'≥' if a.direction == 'ge' else '≤'} {a.threshold:g}), verdict then: {a.verdict}. "
+                    f"Why: {a.why}")
+    return "\n\n".join(text)
+
+
+def header(scale: str, runs: pd.DataFrame, rows: list[dict]) -> str:
+    """Tally of the empirical claims, the claims table, the sanity checks apart, and the amendments."""
+    claims = [r for r in rows if r["kind"] == "claim"]
+    checks = [r for r in rows if r["kind"] == "check"]
+    tally = {v: sum(r["base verdict"] == v for r in claims) for v in (*VERDICTS, "not measured")}
+    env = (runs.drop_duplicates(["torch", "cpu", "git_sha"])[["torch", "torchvision", "python", "cpu", "git_sha"]]
+           if len(runs) and "cpu" in runs else pd.DataFrame())
+    where = "; ".join(f"torch {e.torch}, torchvision {e.torchvision}, Python {e.python}, {e.cpu}, "
+                      f"git {str(e.git_sha)[:10]}" for e in env.itertuples()) or "no runs"
+    cols = ["id", "source", "criterion", "measured", "n", "verdict", "figure"]
+    table = lambda rs: pd.DataFrame(rs)[cols].to_markdown(index=False) if rs else "(none)"  # noqa: E731
+    amended = [r for r in rows if r.get("amended")]
+    text = [f"# bnlab report (scale `{scale}`)",
+            f"Generated by `python -m bnlab.report --scale {scale}` from the run directories under "
+            f"`results/runs/{scale}/`; every number below comes from those files. Runs trained with: {where}; "
+            "every run single-threaded.",
+            "**Tally of the empirical claims: " + ", ".join(f"{v} {k}" for k, v in tally.items() if v) + "** "
+            f"({len(claims)} claims; {len(checks)} sanity checks apart).",
+            "Verdicts: one value per independent replicate (a training run, one seed); *reproduced* = every "
+            "replicate meets the criterion fixed in the experiment config before the runs; *not reproduced* = "
+            "none does; *inconclusive* = replicates on both sides. A claim over several cells combines the "
+            "cells' verdicts by the rule its config declares: *partly (k of m cells)* = some cells reproduced, "
+            "fewer than the rule asks. Numbers are median [min, max] (n = replicates).",
+            "## Claims", table(claims),
+            "## Sanity checks",
+            "These hold by construction: they confirm the implementation and are not counted as evidence.",
+            table(checks)]
+    if amended:
+        text += ["## Amended criteria", pd.DataFrame(amended)[["id", "original", "verdict then", "verdict"]]
+                 .to_markdown(index=False)]
+    return "\n\n".join(text)
 
 
 def report_dir(scale: str) -> Path:

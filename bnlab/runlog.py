@@ -53,11 +53,22 @@ def git_sha() -> str:
         return "unknown"
 
 
+def cpu_name() -> str:
+    """The processor's model name and vector width, e.g. 'AMD EPYC (avx512)': speeds compare only within one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {k.strip(): v for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    flags = fields.get("flags", "").split()
+    return f"{name} ({'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else platform.machine()})"
+
+
 def environment() -> dict:
     return {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "git_sha": git_sha(),
+        "threads": torch.get_num_threads(), "cpu": cpu_name(), "git_sha": git_sha(),
     }
 
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bnlab.config import run_identity
-from bnlab.data import EXPECTED_FILES, DataError, Dataset, ensure_files, load_dataset
+from bnlab.data import EXPECTED_FILES, DataError, Dataset, Split, ensure_files, load_dataset
 from bnlab.fused import StackedMLP, fuse_key
 from bnlab.models import ACTIVATIONS, ARCHS, INITS, Net, build_model
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
@@ -68,18 +68,35 @@ def validate(cfg: DictConfig) -> None:
 
 
 class BatchOrder:
-    """Fixed-size batches from seeded per-epoch permutations; its whole state fits in a checkpoint."""
+    """Fixed-size batches from seeded per-epoch permutations; its whole state fits in a checkpoint.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    With `classes` > 0 the batches are not i.i.d. (Ioffe 2017, §4.2): the permutation is reordered so that each
+    batch holds `classes` classes, batch_size / classes examples of each, the classes of a batch drawn at random."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, labels: torch.Tensor | None = None, classes: int = 0):
         if batch_size > n:
             raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {n} training examples")
-        self.n, self.batch_size = n, batch_size
+        if classes and (labels is None or batch_size % classes):
+            raise ConfigError(f"trainer.classes_per_batch={classes} must divide trainer.batch_size={batch_size} "
+                              "and needs a labelled dataset")
+        self.n, self.batch_size, self.labels, self.classes = n, batch_size, labels, classes
         self.gen = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+        self.perm, self.pos = self._epoch(), 0
+
+    def _epoch(self) -> torch.Tensor:
+        perm = torch.randperm(self.n, generator=self.gen)
+        if not self.classes:
+            return perm
+        # runs of batch_size / classes examples of one class, then the runs shuffled and dealt into batches
+        share = self.batch_size // self.classes
+        runs = [chunk for c in torch.unique(self.labels)
+                for chunk in perm[self.labels[perm] == c].split(share) if len(chunk) == share]
+        dealt = torch.randperm(len(runs), generator=self.gen)
+        return torch.cat([runs[i] for i in dealt])
 
     def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:  # drop the ragged tail: BN statistics need full batches
-            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail: BN statistics need full batches
+            self.perm, self.pos = self._epoch(), 0
         idx = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
@@ -118,7 +135,10 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[f
 
 def _dataset(cfg: DictConfig) -> Dataset:
     d = cfg.data
-    return load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
+    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
+    if d.train_size:  # the first n examples: the same small training set for every run and seed
+        data.train = Split(data.train.x[:d.train_size], data.train.y[:d.train_size])
+    return data
 
 
 class SingleModel:
@@ -258,7 +278,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
         if m.cfg.model.arch == "cnn":
             net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
         opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
-        m.order = BatchOrder(len(train_x), tc.batch_size, m.cfg.seed)
+        m.order = BatchOrder(len(train_x), tc.batch_size, m.cfg.seed, train_y, tc.classes_per_batch)
         # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
         # `probe_time` is what evaluation, probes and checkpoints cost on top of training.
         m.state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0,

@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from bnlab import collect, plots
 from bnlab.analysis import best_lr, done, final_score, score, select
+from bnlab.claims import Context, Finding
 from bnlab.data import load_dataset
 from bnlab.models import build_model
 from bnlab.probes import LOSSES, relative_loss, weight_grad_norms
-from bnlab.report import Context, Finding
 
 ARMS = ("none", "batch")
 ETAS = np.logspace(-4, 1, 21).tolist()

@@ -8,10 +8,10 @@ from omegaconf import OmegaConf
 
 from bnlab import plots
 from bnlab.analysis import done
+from bnlab.claims import Context, Finding
 from bnlab.data import load_dataset
 from bnlab.models import build_model
 from bnlab.probes import frozen
-from bnlab.report import Context, Finding
 
 TEST_BATCHES = (2, 8, 32, 128, 1000)
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from bnlab import collect, plots
 from bnlab.analysis import curves, done, paired_difference, select, value_at
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 

@@ -2,7 +2,7 @@
 
 from bnlab import collect, plots
 from bnlab.analysis import best_lr, curves, done, fraction_beyond, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 

@@ -6,10 +6,10 @@ import torch
 from omegaconf import OmegaConf
 
 from bnlab import collect, plots
+from bnlab.claims import Context, Finding
 from bnlab.data import load_dataset
 from bnlab.models import build_model
 from bnlab.probes import first_order_check
-from bnlab.report import Context, Finding
 
 ARMS = ("none", "batch")
 

@@ -4,7 +4,7 @@ import math
 
 from bnlab import plots
 from bnlab.analysis import curves, done, paired_ratio, probe_median, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 from experiments.ics_landscape import draw
 
 ARMS = ("none", "batch")

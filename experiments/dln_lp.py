@@ -2,7 +2,7 @@
 
 from bnlab import plots
 from bnlab.analysis import curves, done, paired_ratio, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 from experiments.dln import final_train_loss
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")

@@ -6,7 +6,7 @@ import pandas as pd
 
 from bnlab import collect, plots
 from bnlab.analysis import best_lr, curves, done, ratio, select, steps_to, value_at
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 PAPER = {  # read off Fig. 1(a) by eye (../shared/research/claims.md, I1); the paper gives no numbers in text

@@ -2,7 +2,7 @@
 
 from bnlab import plots
 from bnlab.analysis import best_lr, curves, done, final_score, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 
 def analyze(ctx: Context) -> list[Finding]:

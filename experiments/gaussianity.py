@@ -4,7 +4,7 @@ import pandas as pd
 
 from bnlab import collect, plots
 from bnlab.analysis import done, paired_ratio, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 

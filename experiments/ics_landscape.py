@@ -4,7 +4,7 @@ import pandas as pd
 
 from bnlab import collect, plots
 from bnlab.analysis import done, paired_ratio, probe_median
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 EARLY = 0.2  # the claims concern the first 20% of training, where the paper's differences are largest

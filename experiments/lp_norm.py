@@ -6,7 +6,7 @@ import pandas as pd
 
 from bnlab import plots
 from bnlab.analysis import done, moment_change, paired_difference, paired_ratio, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 from experiments.noisy_bn import draw_curves_by_lr, draw_moment_changes
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")

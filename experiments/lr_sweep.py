@@ -11,7 +11,7 @@ import pandas as pd
 
 from bnlab import collect, plots
 from bnlab.analysis import best_lr, curves, done, ratio, score, select, steps_to
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 

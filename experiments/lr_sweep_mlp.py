@@ -1,6 +1,6 @@
 """MLP half of the sweep matrix (configs/experiment/lr_sweep_mlp.yaml); the analysis is experiments.lr_sweep."""
 
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 from experiments.lr_sweep import analyze_sweep
 
 

@@ -2,7 +2,7 @@
 
 from bnlab import plots
 from bnlab.analysis import done, final_score, select
-from bnlab.report import Context, Finding
+from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch", "layer", "group", "batch_renorm")
 

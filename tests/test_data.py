@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bnlab.data import DataError, load_dataset
-from tests.conftest import learnable_images, run_cli, write_cifar, write_mnist
+from bnlab.train import ConfigError
+from tests.conftest import learnable_images, make_cfg, run_cli, write_cifar, write_mnist
 
 
 def test_mnist_fixture_through_torchvision(data_root):
@@ -89,3 +90,26 @@ def test_identity_teacher_keeps_the_inputs_and_targets_them():
     identity = load_dataset("gaussian_identity", "", n_samples=64, dim=3)
     assert torch.equal(identity.train.x, linear.train.x)  # the chain's first-order check sees the same inputs
     assert torch.equal(identity.train.y, identity.train.x) and not torch.equal(linear.train.y, linear.train.x)
+
+
+def test_non_iid_batches_hold_the_declared_classes_and_every_example_once_an_epoch():
+    from bnlab.train import BatchOrder
+
+    labels = torch.arange(10).repeat_interleave(40)  # 10 classes x 40 examples
+    order = BatchOrder(len(labels), 20, seed=3, labels=labels, classes=2)
+    batches = [order.next() for _ in range(len(labels) // 20)]  # one epoch: 4 runs of 10 per class, 40 runs
+    for b in batches:
+        counts = torch.bincount(labels[b], minlength=10)
+        assert sorted(counts[counts > 0].tolist()) in ([10, 10], [20])  # two runs of 10 (rarely one class twice)
+    assert sorted(torch.cat(batches).tolist()) == list(range(len(labels)))
+    iid = BatchOrder(len(labels), 20, seed=3)
+    assert torch.equal(iid.next(), torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))[:20])
+    with pytest.raises(ConfigError, match="must divide"):
+        BatchOrder(len(labels), 20, seed=3, labels=labels, classes=3)
+
+
+def test_train_size_trains_on_the_first_examples(data_root, tmp_path):
+    from bnlab.train import _dataset
+
+    full, small = (_dataset(make_cfg(data_root, tmp_path, o)) for o in ([], ["data.train_size=100"]))
+    assert torch.equal(small.train.x, full.train.x[:100]) and torch.equal(small.test.x, full.test.x)
