@@ -50,10 +50,10 @@ $(EXPERIMENTS): install
 # `make reproduce` first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
 # that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
 # one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
-# sweep's last runs. The order is each experiment's wall time in the last cpu reproduction
-# (results/timing_cpu.log); experiments not listed here run after these.
-LONGEST_FIRST := lr_sweep_cnn cifar fig1 lr_sweep_mlp small_batch dropout dln_lp lp_norm dln bjorck noisy_bn \
-  gamma_beta deep_sigmoid gaussianity dlbook_chain ics_landscape bn_inference
+# sweep's last runs. The order is each experiment's expected wall time (results/timing_cpu.log); experiments not
+# listed here run after these.
+LONGEST_FIRST := cifar lr_sweep_cnn fig1 lr_sweep_mlp dln_lp dln noisy_bn small_batch_cnn lp_norm bjorck \
+  deep_sigmoid gamma_beta gaussianity small_batch dropout dlbook_chain ics_landscape non_iid bn_inference
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install
