@@ -47,7 +47,9 @@ $(EXPERIMENTS): install
 	$(call sweep,$@,$(JOBS))
 	$(PY) -m bnlab.report --scale $(SCALE)
 
-# `make reproduce` first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
+# `make reproduce` ends by packing what the report read into results/evidence_$(SCALE).tar.xz (committed, so that a
+# fresh clone's `make report` recomputes every number without training).
+# It first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
 # that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
 # one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
 # sweep's last runs. The order is each experiment's expected wall time (results/timing_cpu.log); experiments not
@@ -62,6 +64,7 @@ reproduce: install
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 	$(PY) -m bnlab.report --scale $(SCALE)
+	$(PY) -m bnlab.archive pack --scale $(SCALE)
 
 sweep-%:
 	@start=$$(date +%s); \

@@ -72,20 +72,58 @@ def paired_steps_ratio(runs: pd.DataFrame, arm: str, reference: str, target: flo
     return [ratio(steps_to(a[s], target, column), steps_to(b[s], target, column)) for s in sorted(set(a) & set(b))]
 
 
-def per_seed_ratio(runs: pd.DataFrame, arm: str, reference: str, value) -> list[float]:
-    """value(run of arm) / value(run of reference) paired by seed; a value that is a dict (per layer) gives each
-    seed the median of its key-by-key ratios: layers summarise one replicate, they are not replicates."""
+def seed_pairs(runs: pd.DataFrame, arm: str, reference: str) -> list[tuple]:
+    """(run of arm, run of reference) for every seed that has both (runs: one run per arm and seed)."""
     out = []
     for _, g in runs.groupby("seed"):
         a, b = select(g, norm__name=arm), select(g, norm__name=reference)
         if len(a) and len(b):
-            va, vb = value(a.iloc[0]), value(b.iloc[0])
-            if isinstance(va, dict):
-                ratios = [va[k] / vb[k] for k in va if k in vb and vb[k]]
-                out.append(float(np.median(ratios)) if ratios else math.nan)
-            else:
-                out.append(va / vb if vb else math.nan)
+            out.append((a.iloc[0], b.iloc[0]))
     return out
+
+
+def layer_cells(runs: pd.DataFrame, arm: str, reference: str, value, combine=lambda a, b: a / b) -> dict:
+    """{'layer k': [combine(value(arm)[k], value(reference)[k]) per seed]}: value returns a dict by (0-based)
+    layer; each layer is a cell, each seed a replicate."""
+    cells: dict[str, list[float]] = {}
+    for a, b in seed_pairs(runs, arm, reference):
+        va, vb = value(a), value(b)
+        for k in sorted(set(va) & set(vb)):
+            cells.setdefault(f"layer {k + 1}", []).append(combine(va[k], vb[k]))
+    return cells
+
+
+def per_seed_ratio(runs: pd.DataFrame, arm: str, reference: str, value) -> list[float]:
+    """value(run of arm) / value(run of reference) paired by seed; a value that is a dict (per layer) gives each
+    seed the median of its key-by-key ratios: layers summarise one replicate, they are not replicates."""
+    out = []
+    for a, b in seed_pairs(runs, arm, reference):
+        va, vb = value(a), value(b)
+        if isinstance(va, dict):
+            ratios = [va[k] / vb[k] for k in va if k in vb and vb[k]]
+            out.append(float(np.median(ratios)) if ratios else math.nan)
+        else:
+            out.append(va / vb if vb else math.nan)
+    return out
+
+
+def scores_by_seed(runs: pd.DataFrame, **where) -> dict[int, float]:
+    """seed -> final score (a diverged run at chance) of the runs matching `where` (one per seed)."""
+    return {int(r.seed): final_score(r) for _, r in select(runs, **where).iterrows()}
+
+
+def score_difference(runs: pd.DataFrame, a: dict, b: dict) -> list[float]:
+    """Points of the runs matching a minus those matching b (dicts of `select` keys), paired by seed."""
+    x, y = scores_by_seed(runs, **a), scores_by_seed(runs, **b)
+    return [100 * (x[s] - y[s]) for s in sorted(set(x) & set(y))]
+
+
+def drop_beyond_control(runs: pd.DataFrame, arm: str, large: int, small: int, control: str = "none") -> list[float]:
+    """(arm(large) - arm(small)) - (control(large) - control(small)) in points, paired by seed: how much more the
+    arm loses going down to the small batch than the un-normalised control does."""
+    drop = {n: score_difference(runs, {"norm__name": n, "trainer__batch_size": large},
+                                {"norm__name": n, "trainer__batch_size": small}) for n in (arm, control)}
+    return [d - c for d, c in zip(drop[arm], drop[control], strict=False)]
 
 
 def fraction_beyond(acts: pd.DataFrame, limit: float, hist_range: float) -> pd.Series:

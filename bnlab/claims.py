@@ -76,9 +76,9 @@ def verdict(values: list[float], threshold: float, direction: str, tie: float = 
     vals = measured(values)
     if not vals:
         return "not measured"
-    band = tie * abs(threshold)
-    passed = sum(passes(v, threshold, direction) and abs(v - threshold) > band for v in vals)
-    failed = sum(not passes(v, threshold, direction) and abs(v - threshold) > band for v in vals)
+    clear = [not tie or abs(v - threshold) > tie * abs(threshold) for v in vals]  # off the tie band
+    passed = sum(passes(v, threshold, direction) and c for v, c in zip(vals, clear, strict=True))
+    failed = sum(not passes(v, threshold, direction) and c for v, c in zip(vals, clear, strict=True))
     return "reproduced" if passed == len(vals) else "not reproduced" if failed == len(vals) else "inconclusive"
 
 

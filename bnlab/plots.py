@@ -71,3 +71,17 @@ def median_range(values) -> str:
     else:
         fmt = lambda a: f"{a:.3g}"  # noqa: E731
     return f"{fmt(np.median(v))} [{fmt(v.min())}, {fmt(v.max())}] (n={len(v)})"
+
+
+def accuracy_vs_batch(runs: pd.DataFrame, arms, score, title: str):
+    """Final score (median, min-max over seeds) against batch size, one line per normaliser."""
+    sizes = sorted(int(b) for b in runs["trainer.batch_size"].unique())
+    fig, ax = subplots(1, width=4.5)
+    for arm in arms:
+        r = runs[runs["norm.name"] == arm]
+        errorbar(ax[0, 0], r.assign(score=score(r)).groupby("trainer.batch_size").score, COLORS[arm], LABELS[arm])
+    ax[0, 0].set(xscale="log", xlabel="batch size (lr scaled linearly)", ylabel="final test accuracy", title=title)
+    ax[0, 0].set_xticks(sizes, [str(s) for s in sizes])
+    ax[0, 0].minorticks_off()
+    ax[0, 0].legend(fontsize=7)
+    return fig

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bnlab import collect, plots
-from bnlab.analysis import best_lr, done, final_score, score, select
+from bnlab.analysis import best_lr, done, final_score, ratio, score, select
 from bnlab.claims import Context, Finding
 from bnlab.data import load_dataset
 from bnlab.models import build_model
@@ -37,9 +37,18 @@ def one_step_curves(ctx: Context, seeds: list[int]) -> tuple[dict, dict]:
     return curves, grad_norms
 
 
-def first_blowup(ratios: list[float]) -> float:
-    hit = [eta for eta, r in zip(ETAS, ratios, strict=True) if not r <= 1]  # NaN counts as a blow-up
+def first_blowup(ratios: list[float], level: float = 1.0) -> float:
+    """The smallest step size whose one-step loss ratio exceeds `level`; inf if none on the grid does."""
+    hit = [eta for eta, r in zip(ETAS, ratios, strict=True) if not r <= level]  # NaN counts as a blow-up
     return hit[0] if hit else math.inf
+
+
+def converged_lr(runs: pd.DataFrame, level: float) -> float:
+    """The smallest learning rate at which every seed of every arm ends at `level` test accuracy or more."""
+    worst = runs.assign(score=score(runs)).groupby("optim.lr").score.min()
+    every_arm = runs.groupby("optim.lr")["norm.name"].nunique() == len(ARMS)
+    ok = worst[(worst >= level) & every_arm]
+    return float(ok.index.min()) if len(ok) else math.nan
 
 
 def analyze(ctx: Context) -> list[Finding]:
@@ -66,6 +75,7 @@ def analyze(ctx: Context) -> list[Finding]:
     ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
                  title=f"{ctx.cfg.model.depth}-layer ReLU MLP, {ctx.cfg.trainer.steps} steps")
     ax[0, 1].axhline(1, color="k", lw=0.6, ls="--")
+    ax[0, 1].axhline(ctx.cfg.claims.B3_one_step_blowup.params.explosion, color="k", lw=0.6, ls=":")
     ax[0, 1].set(xscale="log", yscale="log", xlabel="step size eta", ylabel="L(theta - eta g) / L(theta)",
                  title="one step at initialisation")
     ax[0, 2].set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
@@ -87,19 +97,24 @@ def analyze(ctx: Context) -> list[Finding]:
         "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
         "(a reading aid for B3_one_step_blowup, not a claim)")
 
-    low = min(runs["optim.lr"])
-    small = [abs(100 * (final_score(a) - final_score(b))) for s in seeds
-             for a in [select(runs, norm__name="batch", optim__lr=low, seed=s).iloc[0]]
-             for b in [select(runs, norm__name="none", optim__lr=low, seed=s).iloc[0]]]
+    explosion = ctx.cfg.claims.B3_one_step_blowup.params.explosion
+    common = converged_lr(runs, ctx.cfg.claims.B1_small_lr_alike.params.converged)
+    per_arm = lambda arm, lr, s: final_score(select(runs, norm__name=arm, optim__lr=lr, seed=s).iloc[0])  # noqa: E731
+    small = [abs(100 * (per_arm("batch", common, s) - per_arm("none", common, s))) for s in seeds] \
+        if math.isfinite(common) else []
     best = best_lr(runs, "norm.name")
-    own = [100 * (final_score(select(runs, norm__name="batch", optim__lr=best["batch"], seed=s).iloc[0])
-                  - final_score(select(runs, norm__name="none", optim__lr=best["none"], seed=s).iloc[0]))
-           for s in seeds] if best["batch"] > best["none"] else [-math.inf]
-    blowup = [first_blowup(steps["batch", s]) / first_blowup(steps["none", s]) for s in seeds]
+    own = [100 * (per_arm("batch", best["batch"], s) - per_arm("none", best["none"], s)) for s in seeds] \
+        if best["batch"] > best["none"] else [-math.inf] * len(seeds)
+    blowup = {arm: [first_blowup(steps[arm, s], explosion) for s in seeds] for arm in ARMS}
     return [
-        Finding("B1_small_lr_alike", small, f"|BN - none| at lr {low:g}, points", fig_path),
+        Finding("B1_small_lr_alike", small, f"|BN - none| at lr {common:g}, the smallest rate at which every seed of "
+                "both arms converged, points" if small else "no rate of the grid at which both arms converged",
+                fig_path),
         Finding("B2_advantage_via_large_lr", own, f"BN (best lr {best['batch']:g}) minus none (best lr "
                 f"{best['none']:g}), points; -inf if BN's best rate is not larger", fig_path),
-        Finding("B3_one_step_blowup", blowup, "smallest eta with a loss increase, BN / none: "
-                + str([(first_blowup(steps['batch', s]), first_blowup(steps['none', s])) for s in seeds]), fig_path),
+        Finding("B3_one_step_blowup", [ratio(b, n) for b, n in zip(blowup["batch"], blowup["none"], strict=True)],
+                f"smallest eta whose loss ratio reaches {explosion:g}, per seed: BN {blowup['batch']}, none "
+                f"{blowup['none']} (inf: never on the grid); the first overshoot (ratio > 1), BN / none: "
+                + ", ".join(f"{first_blowup(steps['batch', s]) / first_blowup(steps['none', s]):.3g}" for s in seeds),
+                fig_path),
     ]

@@ -3,7 +3,7 @@
 import math
 
 from bnlab import plots
-from bnlab.analysis import curves, done, paired_ratio, probe_median, select
+from bnlab.analysis import curves, done, layer_cells, per_seed_ratio, probe_median, select
 from bnlab.claims import Context, Finding
 from experiments.ics_landscape import draw
 
@@ -30,17 +30,19 @@ def analyze(ctx: Context) -> list[Finding]:
     table = runs.groupby(["norm.name", "optim.lr"]).final_train_loss.apply(plots.median_range).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network: final training loss (sum of squares)")
     low, high = select(runs, optim__lr=1e-7), select(runs, optim__lr=1e-6)
-    pair = ("seed",)
-    second_half = lambda run: probe_median(run, "ics", "l2", 0.5, 1.0, by_layer=True)  # noqa: E731
+    second_half = lambda col: lambda run: probe_median(run, "ics", col, 0.5, 1.0, by_layer=True)  # noqa: E731
+    ics_fig = probe_figs.get(1e-7, loss_fig)
     return [
-        Finding("S3_ics_dln", paired_ratio(low, "batch", "none", second_half, pair),
-                "median ICS l2 over the second half, BN / standard, per layer and seed, lr 1e-7",
-                probe_figs.get(1e-7, loss_fig)),
-        Finding("S3_dln_bn_trains_better", paired_ratio(runs, "none", "batch", final_train_loss),
-                "final training loss, standard / BN, per learning rate and seed", loss_fig),
+        Finding("S3_ics_dln", layer_cells(low, "batch", "none", second_half("l2")),
+                "median ICS l2 over the second half, BN / standard, per seed, lr 1e-7", ics_fig),
+        Finding("S3_ics_dln_cosine", layer_cells(low, "batch", "none", second_half("cos"), lambda a, b: b - a),
+                "median cos(G, G') over the second half, standard minus BN, per seed, lr 1e-7", ics_fig),
+        Finding("S3_dln_bn_trains_better",
+                {f"lr {lr:g}": per_seed_ratio(select(runs, optim__lr=lr), "none", "batch", final_train_loss)
+                 for lr in lrs}, "final training loss, standard / BN, per seed", loss_fig),
         Finding("S5_dln_predictiveness",
-                paired_ratio(high, "batch", "none", lambda run: probe_median(run, "landscape", "grad_change",
-                                                                             direction="gradient"), pair),
-                "median max gradient change along the gradient, BN / standard, lr 1e-6",
+                per_seed_ratio(high, "batch", "none", lambda run: probe_median(run, "landscape", "grad_change",
+                                                                               direction="gradient")),
+                "median max gradient change along the gradient, BN / standard, per seed, lr 1e-6",
                 probe_figs.get(1e-6, loss_fig)),
     ]

@@ -1,7 +1,7 @@
 """Santurkar et al. 2018 Fig. 13: lp normalisations in the 25-layer deep linear network."""
 
 from bnlab import plots
-from bnlab.analysis import curves, done, paired_ratio, select
+from bnlab.analysis import curves, done, per_seed_ratio, select
 from bnlab.claims import Context, Finding
 from experiments.dln import final_train_loss
 
@@ -21,9 +21,8 @@ def analyze(ctx: Context) -> list[Finding]:
     table = runs.groupby("norm.name").final_train_loss.apply(plots.median_range).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network with lp normalisation: final training loss")
     return [
-        Finding("S8_dln_lp", [r for p in ("lp1", "lp2", "lpinf")
-                              for r in paired_ratio(runs, p, "none", final_train_loss)],
-                "final training loss, lp / standard, per p and seed", fig_path),
-        Finding("S8_dln_l1", paired_ratio(runs, "lp1", "batch", final_train_loss),
+        Finding("S8_dln_lp", {p: per_seed_ratio(runs, p, "none", final_train_loss) for p in ("lp1", "lp2", "lpinf")},
+                "final training loss, lp / standard, per seed", fig_path),
+        Finding("S8_dln_l1", per_seed_ratio(runs, "lp1", "batch", final_train_loss),
                 "final training loss, l1 / BN, per seed", fig_path),
     ]

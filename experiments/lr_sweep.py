@@ -16,17 +16,32 @@ from bnlab.claims import Context, Finding
 ARMS = ("none", "batch")
 
 
-def trainable_lr_max(cell: pd.DataFrame, arm: str, floor: float) -> float:
-    """Largest learning rate at which every seed of the arm ends at or above `floor`; 0 if none does."""
-    r = cell[cell["norm.name"] == arm]
-    ok = r.assign(score=score(r)).groupby("optim.lr").score.min()
-    ok = ok[ok >= floor]
-    return float(ok.index.max()) if len(ok) else 0.0
+def lr_max_per_seed(cell: pd.DataFrame, arm: str, fraction: float, trains_at_all: float) -> dict[int, float]:
+    """Per seed, the largest learning rate at which that seed ends within `fraction` of its arm's own best median
+    score (a diverged run scores chance); 0 where it never does. An arm whose best median is below
+    `trains_at_all` trains nowhere: every seed gets 0."""
+    r = cell[cell["norm.name"] == arm].assign(score=lambda d: score(d))
+    best = r.groupby("optim.lr").score.median().max()
+    ok = r[(r.score >= fraction * best) & (best >= trains_at_all)]
+    return {int(s): float(ok[ok.seed == s]["optim.lr"].max()) if (ok.seed == s).any() else 0.0
+            for s in sorted(r.seed.unique())}
 
 
-def median_steps(runs: pd.DataFrame, target: float) -> tuple[float, list[float]]:
-    per_seed = [steps_to(c, target) for c in curves(runs).values()]
-    return (float(np.median(per_seed)) if per_seed else math.nan), per_seed
+def lr_max_ratios(cell: pd.DataFrame, fraction: float, trains_at_all: float) -> list[float]:
+    """lr_max(BN) / lr_max(none) per seed: infinite only where the baseline seed trains at no rate, NaN where
+    neither does."""
+    plain, bn = (lr_max_per_seed(cell, arm, fraction, trains_at_all) for arm in ARMS)
+    return [bn[s] / plain[s] if plain[s] else math.inf if bn[s] else math.nan for s in sorted(set(bn) & set(plain))]
+
+
+def steps_per_seed(runs: pd.DataFrame, target: float) -> dict[int, float]:
+    return {s: steps_to(c, target) for s, c in curves(runs).items()}
+
+
+def steps_ratios(bn_runs: pd.DataFrame, plain_runs: pd.DataFrame, target: float) -> list[float]:
+    """steps(BN) / steps(none) to the target, per seed (a baseline that never reaches it gives 0)."""
+    bn, plain = steps_per_seed(bn_runs, target), steps_per_seed(plain_runs, target)
+    return [ratio(bn[s], plain[s]) for s in sorted(set(bn) & set(plain))]
 
 
 def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: str | None = None) -> list[Finding]:
@@ -35,17 +50,17 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
     cells = sorted(runs.groupby(["data.name", "model.activation"]).groups)
     arch = ctx.cfg.model.arch
     frac = ctx.cfg.claims[lr_claim].params.trainable_fraction
+    trains_at_all = ctx.cfg.claims[lr_claim].params.trains_at_all
     targets = ctx.cfg.claims[speed_claim].params
 
     fig_lr, ax_lr = plots.subplots(len(cells), width=3.0)
     fig_curve, ax_curve = plots.subplots(len(cells), width=3.0)
     fig_pct, ax_pct = plots.subplots(len(cells), 2, width=3.0, height=2.2)
-    rows, lr_ratios, speed_ratios, shared_ratios = [], [], [], []
+    rows, lr_ratios, speed_ratios, shared_ratios = [], {}, {}, {}
     for i, (data, act) in enumerate(cells):
         cell = select(runs, data__name=data, model__activation=act)
         cell_all = select(all_runs, data__name=data, model__activation=act)
-        best_acc = cell.assign(score=score(cell)).groupby(["norm.name", "optim.lr"]).score.median().max()
-        floor = frac * best_acc
+        best_acc = cell.assign(score=score(cell)).groupby(["norm.name", "optim.lr"]).score.median()
         best = best_lr(cell, "norm.name")
         target = targets[f"target_{data}"]
         ax = ax_lr[0, i]
@@ -68,7 +83,9 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
                     ax_pct[col, i].plot(a.step, a[f"u0_p{p}"], style, color=plots.COLORS[arm], label=f"{p}th")
                 ax_pct[col, i].set(title=f"{data} {act}, {plots.LABELS[arm]} lr {best[arm]:g}", xlabel="step",
                                    ylabel="input of last nonlinearity")
-        ax.axhline(floor, color="k", lw=0.6, ls="--", label=f"{frac:.0%} of best")
+        for arm in ARMS:
+            ax.axhline(frac * best_acc[arm].max(), color=plots.COLORS[arm], lw=0.6, ls="--",
+                       label=f"{frac:.0%} of {plots.LABELS[arm]}'s best")
         ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", title=f"{arch}: {data}, {act}",
                ylim=(0, 1))
         ax.legend(fontsize=6)
@@ -76,30 +93,32 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
         ax_curve[0, i].set(xlabel="step", ylabel="test accuracy", title=f"{arch}: {data}, {act} (own best lr)")
         ax_curve[0, i].legend(fontsize=7)
 
-        lr_max = {arm: trainable_lr_max(cell, arm, floor) for arm in ARMS}
-        lr_ratios.append(ratio(lr_max["batch"], lr_max["none"]) if lr_max["none"] else
-                         (math.inf if lr_max["batch"] else math.nan))
-        steps = {arm: median_steps(select(cell, norm__name=arm, optim__lr=best.get(arm, math.nan)), target)[0]
-                 for arm in ARMS}
-        shared = median_steps(select(cell, norm__name="batch", optim__lr=best.get("none", math.nan)), target)[0]
-        speed_ratios.append(ratio(steps["batch"], steps["none"]))
-        shared_ratios.append(ratio(shared, steps["none"]))
+        name = f"{data}/{act}"
+        lr_max = {arm: lr_max_per_seed(cell, arm, frac, trains_at_all) for arm in ARMS}
+        lr_ratios[name] = lr_max_ratios(cell, frac, trains_at_all)
+        own = {arm: select(cell, norm__name=arm, optim__lr=best.get(arm, math.nan)) for arm in ARMS}
+        steps = {arm: steps_per_seed(own[arm], target) for arm in ARMS}
+        shared_bn = select(cell, norm__name="batch", optim__lr=best.get("none", math.nan))
+        shared = steps_per_seed(shared_bn, target)
+        speed_ratios[name] = steps_ratios(own["batch"], own["none"], target)
+        shared_ratios[name] = steps_ratios(shared_bn, own["none"], target)
+        med = lambda d: float(np.median(list(d.values()))) if d else math.nan  # noqa: E731
         rows.append({
-            "data": data, "activation": act, "best acc (median)": f"{best_acc:.3f}",
-            "lr_max no BN": lr_max["none"], "lr_max BN": lr_max["batch"],
+            "data": data, "activation": act,
+            "best median acc no BN": best_acc["none"].max(), "best median acc BN": best_acc["batch"].max(),
             "best lr no BN": best.get("none"), "best lr BN": best.get("batch"),
-            "steps to target, no BN @ own": steps["none"], "BN @ own": steps["batch"],
-            "BN @ baseline's lr": shared, "target": target,
-            "diverged runs no BN / BN": "{} / {}".format(*[int(((cell_all["norm.name"] == a) &
-                                                               (cell_all.status == "diverged")).sum())
-                                                             for a in ARMS]),
+            "median lr_max no BN": med(lr_max["none"]), "median lr_max BN": med(lr_max["batch"]),
+            "median steps to target, no BN @ own": med(steps["none"]), "BN @ own": med(steps["batch"]),
+            "BN @ baseline's lr": med(shared), "target": target,
+            "diverged runs no BN": int(((cell_all["norm.name"] == "none") & (cell_all.status == "diverged")).sum()),
+            "diverged runs BN": int(((cell_all["norm.name"] == "batch") & (cell_all.status == "diverged")).sum()),
             "failed runs": int(cell_all.status.isin(["failed", "incomplete"]).sum()),
         })
     fig_path = plots.save(fig_lr, ctx.figure_path("accuracy_vs_lr"))
     plots.save(fig_curve, ctx.figure_path("curves_best_lr"))
     plots.save(fig_pct, ctx.figure_path("percentiles"))
-    ctx.write_table("summary", pd.DataFrame(rows), f"{arch} sweep per cell: largest trainable learning rate, "
-                    "best rates, median steps to the target (inf: never reached)")
+    ctx.write_table("summary", pd.DataFrame(rows), f"{arch} sweep per cell: best rates, median over seeds of the "
+                    "largest trainable rate and of the steps to the target (inf: never reached)")
     speed = runs.groupby(["data.name", "model.activation", "norm.name"]).steps_per_s.median().round(0)
     ctx.write_table("steps_per_s", speed.reset_index(), f"{arch} training speed: median steps/s over all runs "
                     "of a configuration (1 thread per run, 2 runs in parallel)")
@@ -108,7 +127,7 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
     fig, ax = plots.subplots(1, width=1.6 * len(cells) + 2)
     labels = [f"{r['data']}\n{r['activation']}" for r in rows]
     x = np.arange(len(rows))
-    for k, (key, arm, label) in enumerate([("steps to target, no BN @ own", "none", "no BN, own best lr"),
+    for k, (key, arm, label) in enumerate([("median steps to target, no BN @ own", "none", "no BN, own best lr"),
                                             ("BN @ own", "batch", "BN, own best lr"),
                                             ("BN @ baseline's lr", "batch", "BN, baseline's lr")]):
         vals = [r[key] if math.isfinite(r[key]) else 0 for r in rows]
@@ -119,14 +138,13 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
     ax[0, 0].legend(fontsize=7)
     speed_fig = plots.save(fig, ctx.figure_path("steps_to_target"))
 
-    names = [f"{r['data']}/{r['activation']}" for r in rows]
     findings = [
-        Finding(lr_claim, lr_ratios, "lr_max(BN)/lr_max(none) per cell " + str(dict(zip(names, lr_ratios,
-                                                                                       strict=True))), fig_path),
-        Finding(speed_claim, speed_ratios, "median steps BN/none per cell " + str(dict(zip(names, speed_ratios,
-                                                                                          strict=True))), speed_fig),
+        Finding(lr_claim, lr_ratios, "lr_max(BN) / lr_max(none) per seed, each arm judged against its own best",
+                fig_path),
+        Finding(speed_claim, speed_ratios, "steps to the target, BN / none, each at its own best rate, per seed",
+                speed_fig),
     ]
     if shared_claim:
-        findings.append(Finding(shared_claim, shared_ratios, "median steps BN/none at the baseline's best lr "
-                                + str(dict(zip(names, shared_ratios, strict=True))), speed_fig))
+        findings.append(Finding(shared_claim, shared_ratios, "steps to the target, BN / none, both at the "
+                                "baseline's best rate, per seed", speed_fig))
     return findings

@@ -9,8 +9,9 @@ from omegaconf import OmegaConf
 
 from bnlab import collect
 from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
+from bnlab.claims import Finding, claim_verdict, replicates, verdict
 from bnlab.config import run_identity
-from bnlab.report import experiment_config, in_sweep, job_identities, job_name, sweep_jobs, verdict
+from bnlab.report import experiment_config, in_sweep, job_identities, job_name, sweep_jobs
 
 
 def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
@@ -72,19 +73,43 @@ def test_moment_changes_pair_runs_layer_by_layer(tmp_path):
 
 @pytest.mark.parametrize("values, expected", [
     ([0.2, 0.3, 0.4], "reproduced"),
-    ([0.2, 0.3, 0.7], "partly"),  # median passes, one seed does not
-    ([0.2, 0.6, 0.7], "not reproduced"),
-    ([math.inf, 0.6, 0.7], "not reproduced"),
+    ([0.2, 0.3, 0.7], "inconclusive"),  # a passing median with a failing seed is not a reproduction ...
+    ([0.2, 0.6, 0.7], "inconclusive"),  # ... nor a failing median with a passing seed a refutation
+    ([0.6, 0.7, math.inf], "not reproduced"),  # an infinite value fails like any other
+    ([0.5, 0.5], "reproduced"),  # on the threshold passes
+    ([0.4], "reproduced"),  # a single replicate still gets a verdict (the report flags n < 3)
     ([], "not measured"),
-    ([math.nan], "not measured"),
+    ([math.nan, math.nan], "not measured"),
+    ([math.nan, 0.2], "reproduced"),  # NaN: not measured for that run, not a failure
 ])
-def test_verdict_is_mechanical(values, expected):
+def test_verdict_is_symmetric_over_replicates(values, expected):
     assert verdict(values, 0.5, "le") == expected
 
 
-def test_verdict_direction():
+def test_verdict_direction_and_ties():
     assert verdict([1.0, 2.0], 1.0, "ge") == "reproduced"
-    assert verdict([0.5, 1.0, 2.0], 1.0, "le") == "partly"
+    assert verdict([0.5, 1.0, 2.0], 1.0, "le") == "inconclusive"
+    assert verdict([0.9995, 0.8], 1.0, "le", tie=0.001) == "inconclusive"  # 0.9995 is on the plateau: a tie
+    assert verdict([0.998, 0.8], 1.0, "le", tie=0.001) == "reproduced"
+    assert verdict([1.0005, 1.2], 1.0, "le", tie=0.001) == "inconclusive"
+
+
+@pytest.mark.parametrize("cells, rule, expected", [
+    ({"a": [1, 2], "b": [3, 4]}, "all", ("reproduced", "2 of 2 cells")),
+    ({"a": [1, 2], "b": [0, 4]}, "all", ("partly", "1 of 2 cells")),  # b is inconclusive
+    ({"a": [1, 2], "b": [0, 0]}, "1", ("reproduced", "1 of 2 cells")),  # at least 1 cell, declared
+    ({"a": [0, 0], "b": [0, 0.5]}, "all", ("not reproduced", "0 of 2 cells")),
+    ({"a": [0, 2], "b": [0, 0.5]}, "all", ("inconclusive", "0 of 2 cells")),
+    ({"a": [1, 2], "b": []}, "all", ("reproduced", "1 of 1 cells")),  # a cell without values is not measured
+    ({"a": [], "b": [math.nan]}, "all", ("not measured", "")),
+])
+def test_cells_combine_by_the_declared_rule(cells, rule, expected):
+    assert claim_verdict(Finding("x", cells), 1.0, "ge", rule) == expected
+
+
+def test_a_single_cell_claim_has_no_cell_count_and_replicates_count_the_smallest_cell():
+    assert claim_verdict(Finding("x", [2.0, 3.0]), 1.0, "ge") == ("reproduced", "")
+    assert replicates(Finding("x", {"a": [1, 2, 3], "b": [1, math.nan]})) == 1
 
 
 def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
