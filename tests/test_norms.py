@@ -27,11 +27,22 @@ def test_layer_norm_standardises_each_example_and_ignores_the_batch():
     assert "layer" not in BATCH_DEPENDENT and "group" not in BATCH_DEPENDENT
 
 
-def test_group_norm_standardises_each_group():
+def test_group_and_layer_norm_on_a_hand_computed_example():
+    """One example, four units (1, 2, 3, 5). GroupNorm with 2 groups standardises (1, 2) and (3, 5) apart:
+    (-1, 1, -1, 1). LayerNorm uses all four: mean 2.75, variance 2.1875."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 5.0]])
+    torch.testing.assert_close(make("group", 4, groups=2, eps=0.0)(x), torch.tensor([[-1.0, 1.0, -1.0, 1.0]]))
+    torch.testing.assert_close(make("layer", 4, eps=0.0)(x), (x - 2.75) / 2.1875**0.5)
+    torch.testing.assert_close(make("group", 4, groups=1, eps=0.0)(x), make("layer", 4, eps=0.0)(x))
+
+
+def test_conv_group_norm_pools_each_groups_channels_and_positions():
+    """In a conv layer a group's statistics run over its channels and all positions of one example."""
     torch.manual_seed(0)
-    x = torch.randn(4, 16) * 3 + 1
-    y = make("group", groups=4)(x).reshape(4, 4, 4)
-    torch.testing.assert_close(y.mean(-1), torch.zeros(4, 4), atol=1e-5, rtol=0)
+    x = torch.randn(2, 8, 5, 5) * 3 + 1
+    y = make("group", 8, spatial=True, groups=4, eps=0.0)(x).reshape(2, 4, -1)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-4, rtol=0)
 
 
 def test_batch_renorm_is_bn_during_warmup_then_corrects_towards_running_statistics():
