@@ -1,7 +1,7 @@
 """MNIST and CIFAR-10 through torchvision, held in memory as one tensor per split.
 
 torchvision reads the files once; training then gathers batches by index from those tensors, which is
-about ten times faster on a CPU than a per-sample DataLoader (see README, Speed).
+about ten times faster on a CPU than a per-sample DataLoader (docs/speed.md).
 """
 
 import functools
