@@ -50,9 +50,12 @@ class Context:
     runs: pd.DataFrame
     out_dir: Path
     tables: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)  # every figure the analysis drew, for the report
 
     def figure_path(self, stem: str) -> Path:
-        return self.out_dir / "figures" / f"{self.name}_{stem}"
+        path = self.out_dir / "figures" / f"{self.name}_{stem}"
+        self.figures.append(path)
+        return path
 
     def write_table(self, stem: str, table: pd.DataFrame, caption: str) -> None:
         path = self.out_dir / "tables" / f"{self.name}_{stem}"

@@ -73,6 +73,11 @@ def median_range(values) -> str:
     return f"{fmt(np.median(v))} [{fmt(v.min())}, {fmt(v.max())}] (n={len(v)})"
 
 
+def values(xs) -> str:
+    """Numbers for prose: '250, 500, inf', never a Python list's repr."""
+    return ", ".join("inf" if np.isinf(x) else f"{x:.3g}" for x in xs)
+
+
 def accuracy_vs_batch(runs: pd.DataFrame, arms, score, title: str):
     """Final score (median, min-max over seeds) against batch size, one line per normaliser."""
     sizes = sorted(int(b) for b in runs["trainer.batch_size"].unique())

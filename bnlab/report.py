@@ -109,10 +109,28 @@ def update_readme(table: str) -> None:
         atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
+# The report's order: by paper, as a reader looks claims up (an experiment goes under its first claim's source).
+PAPERS = ("Ioffe & Szegedy", "Santurkar", "Goodfellow", "Bjorck", "Ba et al.", "Wu & He", "Ioffe 2017")
+
+
+def by_paper(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
+    """(paper, experiment) in the report's order; an experiment whose source is not listed comes last."""
+    def paper(cfg: DictConfig) -> str:
+        source = next(iter(cfg.claims.values())).source if cfg.claims else ""
+        return next((p for p in PAPERS if source.startswith(p)), "Other")
+    keyed = [(paper(cfg), name) for name, cfg in configs.items()]
+    return sorted(keyed, key=lambda k: ((PAPERS + ("Other",)).index(k[0]), k[1]))
+
+
 def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict]]:
     rows, sections, all_runs = [], [], []
-    for name in experiment_names():
-        cfg = experiment_config(name, scale, overrides)
+    configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
+    paper_now = None
+    for paper, name in by_paper(configs):
+        cfg = configs[name]
+        if paper != paper_now:
+            sections.append(f"### {paper}")
+            paper_now = paper
         sweep_dir = Path(cfg.out_root) / scale / name
         on_disk = collect.runs(sweep_dir)
         if len(on_disk):  # runs of another grid, with overrides the sweep does not make, or whose config has
@@ -129,9 +147,12 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
         runs = on_disk[on_disk.in_sweep & ~on_disk.stale] if len(on_disk) else on_disk
         findings: list[Finding] = []
         ctx = Context(name, cfg, runs, out_dir)
-        sections.append(f"### {name}")
+        sections.append(f"#### Experiment `{name}`")
         if len(runs):
             findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
+        for i, fig in enumerate(dict.fromkeys(ctx.figures)):  # the first embedded, every one linked
+            link = fig.with_suffix(".png").relative_to(out_dir)
+            sections.append(f"![{fig.name}]({link})" if i == 0 else f"Figure: [{fig.name}]({link})")
         by_claim = {f.claim: f for f in findings}
         for claim_id, claim in cfg.claims.items():
             f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
@@ -181,7 +202,7 @@ def claim_row(experiment: str, claim_id: str, claim: DictConfig, f: Finding, out
 
 def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
     """A claim's statement, criterion, what each value is, the per-cell table and the analysis's detail."""
-    text = [f"#### {row['id']} ({row['kind']}): {row['verdict']}",
+    text = [f"##### {row['id']} ({row['kind']}): {row['verdict']}",
             f"*{claim.source}.* {claim.statement}. Criterion: measured {row['criterion']}; one value per "
             f"{claim.replicate}" + (f"; cells combine as: {claim.cells}" if isinstance(f.values, dict) else "")
             + f". Paper: {claim.paper}"]

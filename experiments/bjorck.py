@@ -113,8 +113,9 @@ def analyze(ctx: Context) -> list[Finding]:
         Finding("B2_advantage_via_large_lr", own, f"BN (best lr {best['batch']:g}) minus none (best lr "
                 f"{best['none']:g}), points; -inf if BN's best rate is not larger", fig_path),
         Finding("B3_one_step_blowup", [ratio(b, n) for b, n in zip(blowup["batch"], blowup["none"], strict=True)],
-                f"smallest eta whose loss ratio reaches {explosion:g}, per seed: BN {blowup['batch']}, none "
-                f"{blowup['none']} (inf: never on the grid); the first overshoot (ratio > 1), BN / none: "
+                f"smallest eta whose loss ratio reaches {explosion:g}, per seed: BN {plots.values(blowup['batch'])}, "
+                f"none {plots.values(blowup['none'])} (inf: never on the grid); the first overshoot (ratio > 1), "
+                "BN / none: "
                 + ", ".join(f"{first_blowup(steps['batch', s]) / first_blowup(steps['none', s]):.3g}" for s in seeds),
                 fig_path),
     ]

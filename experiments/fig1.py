@@ -61,7 +61,8 @@ def draw(ctx: Context, runs: pd.DataFrame, best: dict, layer: int, drift: pd.Dat
                     a.plot(acts.step, acts[f"u0_p{p}"], style, lw=width, color=plots.COLORS[arm], label=f"{p}th")
                 a.set_title(f"({'bc'[row - 1]}) {plots.LABELS[arm]}, lr {lr:g}, seed {int(r.seed.iloc[0])}")
             a.set(xlabel="training step", ylabel="sigmoid input (last layer, unit 0)")
-        ax[row, 0].legend(loc="lower left", fontsize=7, ncol=3)
+        if ax[row, 0].get_legend_handles_labels()[0]:
+            ax[row, 0].legend(loc="lower left", fontsize=7, ncol=3)
     lim = [min(a.get_ylim()[0] for a in ax[1:].flat), max(a.get_ylim()[1] for a in ax[1:].flat)]
     for a in ax[1:].flat:
         a.set_ylim(lim)
@@ -119,10 +120,11 @@ def analyze(ctx: Context) -> list[Finding]:
     findings = []
     own = {arm: curves(arm_runs[arm]) for arm in ARMS}
     seeds = sorted(set(own["none"]) & set(own["batch"]))
-    speed = [ratio(steps_to(own["batch"][s], 0.97), steps_to(own["none"][s], 0.97)) for s in seeds]
-    findings.append(Finding("I1_faster", speed, f"steps to 97%: BN (lr {best.get('batch')}) "
-                            f"{[steps_to(own['batch'][s], 0.97) for s in seeds]} vs baseline (lr {shared}) "
-                            f"{[steps_to(own['none'][s], 0.97) for s in seeds]}", fig_path))
+    to97 = {arm: [steps_to(own[arm][s], 0.97) for s in seeds] for arm in ARMS}
+    speed = [ratio(b, n) for b, n in zip(to97["batch"], to97["none"], strict=True)]
+    findings.append(Finding("I1_faster", speed, f"steps to 97%, per seed: BN (lr {best.get('batch'):g}) "
+                            f"{plots.values(to97['batch'])} vs baseline (lr {shared:g}) {plots.values(to97['none'])}",
+                            fig_path))
     gain = [100 * (value_at(own["batch"][s], steps) - value_at(own["none"][s], steps)) for s in seeds]
     findings.append(Finding("I1_accuracy", gain, "final test accuracy, BN minus baseline, in points", fig_path))
     drift_ratio = []

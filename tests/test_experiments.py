@@ -52,7 +52,7 @@ def test_report_has_a_row_and_a_figure_for_every_claim(smoke_report):
 
     for name in experiment_names():
         for claim in experiment_config(name, "smoke").claims:
-            assert f"#### {claim} (" in report, claim
+            assert f"##### {claim} (" in report, claim
         assert list((out / "report" / "figures").glob(f"{name}_*.png")), f"no figure for {name}"
     assert "no runs on disk yet" not in report
 
