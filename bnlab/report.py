@@ -33,8 +33,12 @@ def experiment_names() -> list[str]:
 
 
 def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictConfig:
+    """The experiment's composed config. A sweep override (seed=range(5,10), optim.lr=0.1,0.3) names jobs, not
+    the config: `sweep_jobs` takes it, compose leaves it out."""
+    parser = OverridesParser.create()
+    plain = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *overrides])
+        return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain])
 
 
 def _key(override: str) -> str:
@@ -45,9 +49,9 @@ def sweep_jobs(name: str, scale: str, overrides: list[str] = ()) -> tuple[set[fr
     """The jobs that `python -m bnlab.train experiment=<name> scale=<scale> <overrides>` launches, each as the set
     of overrides that names its run directory, and the keys that such names leave out. Expanded as Hydra's basic
     sweeper does: the experiment's sweep params, then the given overrides, which replace a param of their key."""
+    plain = [o for o in overrides if not OverridesParser.create().parse_override(o).is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *overrides],
-                      return_hydra_config=True)
+        cfg = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain], return_hydra_config=True)
     params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     choices = {}

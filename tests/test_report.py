@@ -123,6 +123,10 @@ def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
     # an override given to the report replaces the param of its key, as it does for the sweep
     jobs, excluded = sweep_jobs("fig1", "cpu", ["norm=batch", "trainer.steps=1000"])
     assert len(jobs) == 4 * 3 and in_sweep(job_name((*job, "trainer.steps=1000"), excluded), jobs)
+    # a sweep override, as `python -m bnlab.report ... 'seed=range(5,10)'` gives it: it names the jobs
+    jobs, _ = sweep_jobs("fig1", "cpu", ["seed=range(5,10)"])
+    assert len(jobs) == 2 * 4 * 5 and frozenset({"norm=batch", "optim.lr=0.5", "seed=9"}) in jobs
+    assert experiment_config("fig1", "cpu", ["seed=range(5,10)", "trainer.steps=7"]).trainer.steps == 7
 
 
 @pytest.mark.parametrize("name", ["lr_sweep_cnn", "dlbook_chain"])
