@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def git_dirty() -> bool | None:
+    """Whether the working tree differs from git_sha's commit (None: not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
@@ -68,7 +79,7 @@ def cpu_name() -> str:
 def environment() -> dict:
     return {
         "torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "cpu": cpu_name(), "git_sha": git_sha(),
+        "threads": torch.get_num_threads(), "cpu": cpu_name(), "git_sha": git_sha(), "git_dirty": git_dirty(),
     }
 
 
@@ -99,6 +110,23 @@ class RunDir:
     def is_done(self, identity: str) -> bool:
         s = self.summary()
         return bool(s) and s.get("status") in DONE and s.get("identity") == identity
+
+    def set_aside_if_superseded(self, identity: str) -> Path | None:
+        """A run trained under another config of this job (its summary or checkpoint holds another identity) is
+        moved to <experiment>/.superseded/<time>/<run>/ rather than overwritten; Hydra's own .hydra/ stays, as
+        it already describes the new job. Returns where it went."""
+        old = self.summary() or {}
+        if not old.get("identity") and self.checkpoint_path.exists():
+            old = {"identity": torch.load(self.checkpoint_path, weights_only=False).get("identity")}
+        if not old.get("identity") or old["identity"] == identity:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = self.path.parent / ".superseded" / stamp / self.path.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in self.path.iterdir():
+            if item.name != ".hydra":
+                item.rename(dest / item.name)
+        return dest
 
     def prepare(self, cfg: DictConfig) -> None:
         """Make the directory writable and drop what a different or failed earlier attempt left."""

@@ -231,6 +231,9 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         torch.set_num_threads(cfg.threads)
         keep_freed_memory()
         for m in pending:
+            moved = m.run.set_aside_if_superseded(m.identity)
+            if moved:
+                print(f"[bnlab] {m.run.path}: trained under another config; set aside in {moved}", flush=True)
             m.run.prepare(m.cfg)
             ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
             m.checkpoint = ck if ck is not None and ck["identity"] == m.identity else None  # another config's: dropped

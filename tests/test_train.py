@@ -94,6 +94,12 @@ def test_finished_run_is_skipped_and_changed_config_retrains(data_root, tmp_path
     changed = make_cfg(data_root, tmp_path, ["optim.lr=0.2"])
     third = train(changed, str(tmp_path / "run"))
     assert third["identity"] != first["identity"]
+    # the run it replaced is set aside whole, not overwritten
+    [aside] = (tmp_path / ".superseded").glob("*/run")
+    assert json.loads((aside / "summary.json").read_text()) == first
+    assert history(aside) != history(tmp_path / "run") and (aside / "config.yaml").exists()
+    assert not (tmp_path / "run" / "summary.json").read_text() == (aside / "summary.json").read_text()
+    assert first["git_dirty"] in (True, False, None)
 
 
 @pytest.mark.parametrize("override, message", [
