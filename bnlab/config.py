@@ -140,7 +140,7 @@ class TrainConfig:
     scale: str = "cpu"  # smoke | cpu | paper, set by the scale group
     seed: int = 0
     threads: int = 1  # one thread per job is fastest here; results are bitwise only at a fixed count
-    device: str = "cpu"
+    device: str = "cpu"  # cpu | cuda | mps | auto (the best present); recorded in the summary
     out_root: str = "${repo_root:}/results/runs"
     claims: dict[str, Claim] = field(default_factory=dict)
 

@@ -37,7 +37,7 @@ IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress",
 def fuse_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     tc, m = cfg.trainer, cfg.model
-    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"
+    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
             or tc.moment_units or cfg.wandb.mode != "disabled"):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]

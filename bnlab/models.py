@@ -89,3 +89,23 @@ def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int
     for layer in [b.linear for b in blocks] + [head]:
         _init_linear(layer, model_cfg)
     return Net(blocks, head, conv=model_cfg.arch == "cnn")
+
+
+# Here, not in the trainer: `python -m bnlab.train` runs the trainer as __main__, whose functions the sweep
+# launcher pickles by value, and torch.backends cannot be pickled.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str) -> str:
+    """auto: CUDA if present, else Apple's MPS, else the CPU; a named device only if it is present."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    return name if available.get(name) else "cpu"
+
+
+def use_device(name: str) -> torch.device:
+    device = torch.device(resolve_device(name))
+    if device.type == "cuda":  # full float32 matmuls, as on the CPU: TF32 would change the numbers' precision
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return device

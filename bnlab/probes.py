@@ -15,10 +15,22 @@ from bnlab.models import Net
 PERCENTILES = (15.0, 50.0, 85.0)  # Ioffe Fig. 1(b,c)
 
 
+def rng_state() -> tuple:
+    """The global RNGs a training step draws from: the CPU's, and CUDA's once CUDA is in use (dropout on a GPU)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def set_rng_state(state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
 @contextlib.contextmanager
 def frozen(model: Net):
     buffers = [b.detach().clone() for b in model.buffers()]
-    rng = torch.get_rng_state()
+    rng = rng_state()
     was_training = model.training
     try:
         yield model
@@ -26,7 +38,7 @@ def frozen(model: Net):
         with torch.no_grad():
             for b, saved in zip(model.buffers(), buffers, strict=True):
                 b.copy_(saved)
-        torch.set_rng_state(rng)
+        set_rng_state(rng)
         model.train(was_training)
 
 
@@ -68,11 +80,11 @@ def excess_kurtosis(a: torch.Tensor) -> torch.Tensor:
 
 def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_range: float) -> list[dict]:
     """Per hidden layer: percentiles of the whole layer and of units 0..units-1, moments, and a histogram."""
-    q = torch.tensor(PERCENTILES) / 100.0
     median = lambda t: torch.nanquantile(t, 0.5).item()  # noqa: E731  (nanmedian takes the lower middle)
     rows = []
     for layer, values in enumerate(layer_values(model, x)):
         a = values["x"]
+        q = torch.tensor(PERCENTILES, device=a.device) / 100.0
         flat = a.flatten()
         per_unit = torch.quantile(a[:units], q, dim=1).T  # units x 3
         mean, std = flat.mean(), flat.std()
@@ -103,9 +115,9 @@ LOSSES = {
 }
 
 
-def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[torch.Tensor], rng: torch.Tensor):
+def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[torch.Tensor], rng: tuple):
     """Loss and gradients on (x, y) with the RNG reset first, so a noisy normaliser draws the same noise."""
-    torch.set_rng_state(rng)
+    set_rng_state(rng)
     loss = loss_fn(model(x), y)
     return loss.item(), torch.autograd.grad(loss, params)
 
@@ -133,7 +145,7 @@ def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_
     rows = []
     with frozen(model):
         model.train()
-        rng = torch.get_rng_state()
+        rng = rng_state()
         params = list(model.parameters())
         _, grads = _grads(model, x, y, loss_fn, params, rng)
         grad_of = dict(zip(map(id, params), grads, strict=True))
@@ -158,12 +170,12 @@ def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, 
     rows = []
     with frozen(model):
         model.train()
-        rng = torch.get_rng_state()
+        rng = rng_state()
         params = list(model.parameters())
         loss0, g = _grads(model, x, y, loss_fn, params, rng)
         g_flat = _flat(g)
         gen = torch.Generator().manual_seed(seed)
-        rand = [torch.randn(p.shape, generator=gen) for p in params]
+        rand = [torch.randn(p.shape, generator=gen).to(p.device) for p in params]  # the same on every device
         scale = g_flat.norm() / _flat(rand).norm()
         saved = [p.detach().clone() for p in params]
         for name, direction in (("gradient", g), ("random", [r * scale for r in rand])):
@@ -250,7 +262,7 @@ def weight_grad_norms(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> 
     one batch: where in depth the gradient is large."""
     with frozen(model):
         model.train()
-        _, grads = _grads(model, x, y, loss_fn, _weights(model), torch.get_rng_state())
+        _, grads = _grads(model, x, y, loss_fn, _weights(model), rng_state())
     return [g.norm().item() for g in grads]
 
 
@@ -258,14 +270,14 @@ def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: l
     """Bjorck et al. 2018: L(theta - eta grad L) / L(theta) for each step size eta, on one batch."""
     with frozen(model):
         model.train()
-        rng = torch.get_rng_state()
+        rng = rng_state()
         params = list(model.parameters())
         loss0, grads = _grads(model, x, y, loss_fn, params, rng)
         saved = [p.detach().clone() for p in params]
         out = []
         for eta in etas:
             _assign(params, [s - eta * g for s, g in zip(saved, grads, strict=True)])
-            torch.set_rng_state(rng)
+            set_rng_state(rng)
             with torch.no_grad():
                 out.append(loss_fn(model(x), y).item() / loss0)
         _assign(params, saved)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from bnlab.config import run_identity
 from bnlab.data import EXPECTED_FILES, DataError, Dataset, Split, ensure_files, load_dataset
 from bnlab.fused import StackedMLP, fuse_key
-from bnlab.models import ACTIVATIONS, ARCHS, INITS, Net, build_model
+from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, build_model, resolve_device, use_device
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
 from bnlab.probes import LOSSES, MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
@@ -46,6 +46,9 @@ def validate(cfg: DictConfig) -> None:
     choice("model.arch", cfg.model.arch, ARCHS)
     choice("model.init", cfg.model.init, INITS)
     choice("wandb.mode", cfg.wandb.mode, ("disabled", "offline", "online"))
+    choice("device", cfg.device, DEVICES)
+    if resolve_device(cfg.device) != cfg.device and cfg.device != "auto":
+        raise ConfigError(f"device={cfg.device} is not available here; use device=auto or device=cpu")
     choice("trainer.loss", cfg.trainer.loss, LOSSES)
     for layer in cfg.trainer.ics_layers:
         if not 0 < layer < (cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)):
@@ -79,16 +82,18 @@ class BatchOrder:
         if classes and (labels is None or batch_size % classes):
             raise ConfigError(f"trainer.classes_per_batch={classes} must divide trainer.batch_size={batch_size} "
                               "and needs a labelled dataset")
-        self.n, self.batch_size, self.labels, self.classes = n, batch_size, labels, classes
+        # not `self.classes`: the sweep launcher pickles this class by value, and cloudpickle takes an attribute
+        # named like a torch submodule (torch.classes) for an import of it
+        self.n, self.batch_size, self.labels, self.class_count = n, batch_size, labels, classes
         self.gen = torch.Generator().manual_seed(seed)
         self.perm, self.pos = self._epoch(), 0
 
     def _epoch(self) -> torch.Tensor:
         perm = torch.randperm(self.n, generator=self.gen)
-        if not self.classes:
+        if not self.class_count:
             return perm
         # runs of batch_size / classes examples of one class, then the runs shuffled and dealt into batches
-        share = self.batch_size // self.classes
+        share = self.batch_size // self.class_count
         runs = [chunk for c in torch.unique(self.labels)
                 for chunk in perm[self.labels[perm] == c].split(share) if len(chunk) == share]
         dealt = torch.randperm(len(runs), generator=self.gen)
@@ -262,7 +267,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
     # Plain dataclasses, resolved once: a DictConfig read costs microseconds (an interpolation far more),
     # which at batch 2 was most of a training step. Trainer settings are shared by every member of a stack.
     tc = OmegaConf.to_object(cfg.trainer)
-    device = torch.device(cfg.device)
+    device = use_device(cfg.device)
     train_x, train_y = data.train.x.to(device), data.train.y.to(device)
     test_x, test_y = data.test.x.to(device), data.test.y.to(device)
     # The probe batch and the scored training subset are the same for every run and seed, so traces compare.
@@ -294,6 +299,8 @@ def _train_together(members: list[Member], data: Dataset) -> None:
             opt.load_state_dict(ck["opt"])
             m.order.load_state_dict(ck["order"])
             torch.set_rng_state(ck["rng"])
+            if ck.get("cuda_rng") is not None and device.type == "cuda":  # dropout on a GPU draws from CUDA's RNG
+                torch.cuda.set_rng_state_all(ck["cuda_rng"])
             m.state = ck["state"]
             if tracker:
                 tracker.load_state_dict(ck["tracker"])
@@ -416,6 +423,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
                             "identity": m.identity, "model": model.member(k).state_dict(),
                             "opt": model.optimizer_state(k), "order": m.order.state_dict(),
                             "rng": model.rng_state(k), "state": m.state,
+                            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                             "tracker": tracker.state_dict() if tracker else None}, m.run.checkpoint_path)
                 bar.update(step - bar.n)
                 tick = time.perf_counter()
@@ -443,6 +451,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
             "probe_time_s": state.get("probe_time"),  # evaluation, activation probes, checkpoints
             "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
             "fused": len(members),  # runs trained together as one stack (1: alone)
+            "device": device.type,
             **environment(),
         })
         m.run.checkpoint_path.unlink(missing_ok=True)

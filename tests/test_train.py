@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bnlab.runlog import read_jsonl
 from bnlab.train import ConfigError, run_job, train
@@ -195,3 +196,11 @@ def test_wandb_offline_mirrors_into_the_run_directory(data_root, tmp_path, monke
     assert s["status"] == "finished"
     [offline] = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert list(offline.glob("*.wandb")) and s["probe_time_s"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+def test_device_auto_falls_back_to_the_cpu_and_a_missing_device_is_one_message(data_root, tmp_path):
+    s = train(make_cfg(data_root, tmp_path, ["device=auto", "trainer.steps=10"]), str(tmp_path / "auto"))
+    assert s["status"] == "finished" and s["device"] == "cpu"
+    with pytest.raises(ConfigError, match="device=cuda is not available here"):
+        train(make_cfg(data_root, tmp_path, ["device=cuda"]), str(tmp_path / "cuda"))
