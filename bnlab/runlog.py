@@ -10,6 +10,7 @@ Layout of a run directory:
 Every file is written under a temporary name and renamed, so a kill never leaves a truncated one.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -158,24 +159,37 @@ class RunDir:
 
 
 class WandbMirror:
-    """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled."""
+    """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, name: str):
+    One wandb run per bnlab run: its id comes from the run's identity and directory, and resume="allow" makes
+    a resumed run continue it instead of starting a second. Runs are grouped by experiment and scale; the claims
+    stay out of the config; the summary gets the final status, accuracies and stack size."""
+
+    SUMMARY_KEYS = ("status", "steps", "diverged_at", "final_test_acc", "best_test_acc", "fused", "device")
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, name: str, identity: str):
         self.run = None
         if cfg.wandb.mode == "disabled":
             return
         import wandb  # lazy: half a second and a background service, only when asked for
 
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config.pop("claims", None)  # type: ignore[union-attr]
+        where = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
         self.run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(run_dir),
-                              group=cfg.experiment, name=name, reinit="finish_previous",
-                              config=OmegaConf.to_container(cfg, resolve=True),
+                              id=f"{identity}_{where}", resume="allow", group=f"{cfg.experiment}/{cfg.scale}",
+                              job_type=cfg.scale, name=name, reinit="finish_previous", config=config,
                               settings=wandb.Settings(silent=True, console="off", init_timeout=30))
 
     def log(self, row: dict, step: int) -> None:
         if self.run is not None:
             self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
-    def close(self, exit_code: int = 0) -> None:
+    def close(self, exit_code: int = 0, summary: dict | None = None) -> None:
         if self.run is not None:
+            if summary:
+                self.run.summary.update({k: summary.get(k) for k in self.SUMMARY_KEYS})
+                if summary.get("status") == "diverged":
+                    self.run.tags = (*self.run.tags, "diverged")
             self.run.finish(exit_code=exit_code)
             self.run = None

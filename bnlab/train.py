@@ -364,7 +364,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
 
     try:
         for m in members:
-            m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name)
+            m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name, identity=m.identity)
         step = members[0].state["step"]
         if step == 0:
             for k, m in enumerate(members):
@@ -437,11 +437,10 @@ def _train_together(members: list[Member], data: Dataset) -> None:
         if tc.save_model:
             atomic_torch_save(model.member(k).state_dict(), m.run.path / "model.pt")
     for m in members:
-        m.mirror.close()
         metrics = read_jsonl(m.run.path / "metrics.jsonl")
         finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
         state = m.state
-        m.run.write_summary({
+        summary = {
             "status": m.status, "identity": m.identity, "experiment": m.cfg.experiment, "seed": m.cfg.seed,
             "steps": state["step"], "diverged_at": m.diverged_at, "resumed": m.checkpoint is not None,
             "final_test_acc": metrics[-1]["test_acc"] if m.status == "finished" else None,
@@ -453,7 +452,9 @@ def _train_together(members: list[Member], data: Dataset) -> None:
             "fused": len(members),  # runs trained together as one stack (1: alone)
             "device": device.type,
             **environment(),
-        })
+        }
+        m.mirror.close(summary=summary)
+        m.run.write_summary(summary)
         m.run.checkpoint_path.unlink(missing_ok=True)
 
 

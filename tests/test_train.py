@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from bnlab.runlog import read_jsonl
+from bnlab.runlog import atomic_torch_save, read_jsonl
 from bnlab.train import ConfigError, run_job, train
 from tests.conftest import make_cfg
 
@@ -196,6 +196,33 @@ def test_wandb_offline_mirrors_into_the_run_directory(data_root, tmp_path, monke
     assert s["status"] == "finished"
     [offline] = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert list(offline.glob("*.wandb")) and s["probe_time_s"] > 0
+
+
+def test_wandb_gives_a_killed_and_resumed_run_one_wandb_run(data_root, tmp_path, monkeypatch):
+    """Two runs of a sweep, one killed after its first checkpoint and resumed: exactly two wandb runs (by id),
+    grouped by experiment and scale, without the claims in their config, and the final status in the summary."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    calls, real_init = [], wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw) or real_init(**kw))
+    cfgs = [make_cfg(data_root, tmp_path, ["wandb.mode=offline", f"seed={s}"]) for s in (0, 1)]
+
+    def save_then_die(obj, path):
+        atomic_torch_save(obj, path)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr("bnlab.train.atomic_torch_save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfgs[1], str(tmp_path / "run1"))
+    summaries = [train(c, str(tmp_path / f"run{i}")) for i, c in enumerate(cfgs)]
+    assert summaries[1]["resumed"] and len(calls) == 3
+    assert len({c["id"] for c in calls}) == 2 and all(c["resume"] == "allow" for c in calls)
+    assert {(c["group"], c["job_type"]) for c in calls} == {("adhoc/cpu", "cpu")}
+    assert all("claims" not in c["config"] for c in calls)
+    offline = [p.name.split("-")[3] for p in tmp_path.glob("run*/wandb/offline-run-*")]  # offline-run-<time>-<id>
+    assert len(offline) == 3 and set(offline) == {c["id"] for c in calls}  # the resumed run went on in its own
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
