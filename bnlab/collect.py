@@ -1,4 +1,9 @@
-"""Read run directories from disk into tidy pandas tables; wandb is never needed.
+"""Read run directories from disk into tidy pandas tables; wandb is never needed. The public way in:
+
+    from bnlab import collect
+    runs = collect.load(["results/runs/cpu/fig1"])      # sweep folders or run folders, any mix
+    curve = collect.metrics(runs.path.iloc[0])          # one row per evaluation
+    acts = collect.activations(runs.path.iloc[0])       # one row per probe and hidden layer
 
 `runs(sweep_dir)`: one row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...),
 the summary (status, accuracies, steps/s, ...), `job_overrides` (the job's overrides as Hydra saved them) and
@@ -32,6 +37,19 @@ def runs(sweep_dir: str | Path) -> pd.DataFrame:
         row["path"] = str(run_dir)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load(paths) -> pd.DataFrame:
+    """`runs` of every path given: a run directory (it holds config.yaml) or a folder of them."""
+    tables = []
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            t = runs(p.parent)
+            tables.append(t[t.path == str(p)])
+        else:
+            tables.append(runs(p))
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True).drop_duplicates("path") if tables else pd.DataFrame()
 
 
 def metrics(run_path: str | Path) -> pd.DataFrame:
