@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -27,15 +28,29 @@ def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.6, height: float =
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
 
 
+def readable_log_axes(fig) -> None:
+    """A log axis spanning less than a decade gets short labels at 1, 2 and 5 x 10^k: matplotlib's default labels
+    every minor tick in scientific notation, and they collide."""
+    for ax in fig.axes:
+        for axis, scale, lim in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
+                                 (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
+            if scale == "log" and min(lim) > 0 and np.log10(max(lim) / min(lim)) < 1:
+                axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
+                axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+                axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
 def save(fig, path: Path) -> str:
-    """Write PNG and PDF (vector) atomically; returns the PNG path for linking."""
+    """Write PNG (at print resolution) and PDF (vector) atomically; returns the PNG path for linking."""
     import io
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    readable_log_axes(fig)
     fig.tight_layout()
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
-        fig.savefig(buf, format=ext, metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
+        fig.savefig(buf, format=ext, dpi=200 if ext == "png" else None,
+                    metadata={"CreationDate": None} if ext == "pdf" else {"Software": None})
         atomic_write_bytes(path.with_suffix(f".{ext}"), buf.getvalue())
     plt.close(fig)
     return str(path.with_suffix(".png"))

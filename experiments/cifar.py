@@ -31,12 +31,14 @@ def analyze(ctx: Context) -> list[Finding]:
         a = acts[acts.layer == layer]
         edges = np.linspace(-ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_bins + 1)
         mids = (edges[1:] + edges[:-1]) / 2
-        steps = a.step.to_numpy()
+        ridge = ax[0, len(lrs) + j]
         for k, (_, row) in enumerate(a.iloc[:: max(1, len(a) // 6)].iterrows()):
             h = np.asarray(row["hist"], float)
-            ax[0, len(lrs) + j].plot(mids, h / h.sum() + 0.15 * k, color=plots.COLORS[arm], lw=0.8)
-        ax[0, len(lrs) + j].set(title=f"{plots.LABELS[arm]}: layer {layer + 1} inputs, steps {steps[0]}-{steps[-1]}",
-                                xlabel="pre-activation", yticks=[])
+            ridge.plot(mids, h / h.sum() + 0.15 * k, color=plots.COLORS[arm], lw=0.8)
+            ridge.text(edges[-1], 0.15 * k + 0.02, f"step {int(row.step)}", fontsize=6, ha="right")
+        ridge.set(title=f"{plots.LABELS[arm]}: layer {layer + 1} inputs, lr {lrs[0]:g}, seed "
+                        f"{int(r.seed.min())}", xlabel="pre-activation", ylabel="over training (offset)",
+                  yticks=[])
     fig_path = plots.save(fig, ctx.figure_path("curves_histograms"))
     steps = ctx.cfg.trainer.steps
     table = runs.assign(acc=[value_at(c, steps) for c in [collect.metrics(p) for p in runs.path]])

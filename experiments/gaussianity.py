@@ -8,6 +8,8 @@ from bnlab.analysis import done, select
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
+TITLES = {"skew": "skewness of x", "excess_kurtosis": "excess kurtosis of x", "jarque_bera": "Jarque-Bera of x",
+          "abs_kurtosis_wu": "|kurtosis| of Wu + b", "abs_kurtosis_u": "|kurtosis| of u"}  # x: the nonlinearity's input
 
 
 def wu_over_u(run) -> float:
@@ -30,9 +32,11 @@ def analyze(ctx: Context) -> list[Finding]:
             last = [t[t.layer == t.layer.max()] for t in tables]
             for j, stat in enumerate(stats):
                 plots.band(ax[i, j], last, "step", stat, plots.COLORS[arm], plots.LABELS[arm])
-                ax[i, j].set(title=f"{act}: last hidden layer, {stat.replace('_', ' ')}", xlabel="step")
+                ax[i, j].set(title=f"{act}: {TITLES[stat]}", xlabel="step",
+                             ylabel="median over units" if j == 0 else None)
         ax[i, 2].set_yscale("log")
         ax[i, 0].legend(fontsize=7)
+    fig.suptitle("Last hidden layer, per-unit shape over training (median and min-max over seeds)")
     fig_path = plots.save(fig, ctx.figure_path("moments"))
     rows = []
     for _, r in runs.iterrows():

@@ -25,31 +25,37 @@ def probe_curves(runs: pd.DataFrame, arm: str, kind: str, column: str, **where) 
 
 
 def draw(ctx: Context, runs: pd.DataFrame, title: str, stem: str) -> str:
+    """Row 1: ICS (l2 and cosine) at each probed layer. Row 2: the landscape along the gradient (and a random
+    direction, dotted) over training, and the loss range against the training-batch loss: the matched-loss view."""
     layers = list(ctx.cfg.trainer.ics_layers)
-    fig, ax = plots.subplots(2 * len(layers) + 3, width=2.9)
+    fig, ax = plots.subplots(max(4, 2 * len(layers)), 2, width=3.2, height=2.6)
     for arm in ARMS:
         color, label = plots.COLORS[arm], plots.LABELS[arm]
         for j, layer in enumerate(layers):
             plots.band(ax[0, 2 * j], probe_curves(runs, arm, "ics", "l2", layer=layer), "step", "l2", color, label)
             plots.band(ax[0, 2 * j + 1], probe_curves(runs, arm, "ics", "cos", layer=layer), "step", "cos", color,
                        label)
-            ax[0, 2 * j].set(yscale="log", title=f"ICS l2, layer {layer + 1}", xlabel="step")
-            ax[0, 2 * j + 1].set(title=f"ICS cosine, layer {layer + 1}", xlabel="step", ylim=(-1, 1))
-        k = 2 * len(layers)
+            ax[0, 2 * j].set(yscale="log", title=f"ICS ||G - G'||, layer {layer + 1}", xlabel="step", ylabel="l2")
+            ax[0, 2 * j + 1].set(title=f"ICS cos(G, G'), layer {layer + 1}", xlabel="step", ylabel="cosine",
+                                 ylim=(-1, 1.05))
         for direction, style in (("gradient", "-"), ("random", ":")):
             cs = probe_curves(runs, arm, "landscape", "loss", direction=direction)
-            lo = [c[["step", "loss_min"]] for c in cs]
-            hi = [c[["step", "loss_max"]] for c in cs]
             if direction == "gradient":
-                plots.band(ax[0, k], lo, "step", "loss_min", color, f"{label} min")
-                plots.band(ax[0, k], hi, "step", "loss_max", color, f"{label} max", linestyle="--")
-            plots.band(ax[0, k + 1], cs, "step", "grad_change", color, f"{label} {direction}", linestyle=style)
-            plots.band(ax[0, k + 2], cs, "step", "beta", color, f"{label} {direction}", linestyle=style)
-        ax[0, k].set(yscale="log", title="loss along the gradient", xlabel="step")
-        ax[0, k + 1].set(yscale="log", title="gradient predictiveness", xlabel="step")
-        ax[0, k + 2].set(yscale="log", title="effective beta-smoothness", xlabel="step")
-    for a in ax[0]:
-        a.legend(fontsize=5)
+                plots.band(ax[1, 0], [c[["step", "range"]] for c in cs], "step", "range", color, label)
+                for c in cs:
+                    ax[1, 3].scatter(c["loss"], c["range"], s=4, color=color, alpha=0.5,
+                                     label=label if c is cs[0] else None)
+            plots.band(ax[1, 1], cs, "step", "grad_change", color, f"{label}, {direction}", linestyle=style)
+            plots.band(ax[1, 2], cs, "step", "beta", color, f"{label}, {direction}", linestyle=style)
+    ax[1, 0].set(yscale="log", title="loss range along the gradient", xlabel="step", ylabel="max - min loss")
+    ax[1, 1].set(yscale="log", title="gradient predictiveness", xlabel="step", ylabel="max ||grad change||")
+    ax[1, 2].set(yscale="log", title="effective beta-smoothness", xlabel="step", ylabel="max change / step")
+    ax[1, 3].set(xscale="log", yscale="log", title="loss range at equal training loss",
+                 xlabel="training-batch loss", ylabel="max - min loss")
+    for a in (ax[0, 0], ax[1, 1], ax[1, 3]):
+        a.legend(fontsize=7)
+    for a in ax[0, 2 * len(layers):]:
+        a.set_visible(False)
     fig.suptitle(title)
     return plots.save(fig, ctx.figure_path(stem))
 
