@@ -60,8 +60,10 @@ SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_
 
 reproduce: install
 	$(PY) -m bnlab.data
-	@start=$$(date +%s); \
+	@$(PY) -m bnlab.progress --scale $(SCALE) & progress=$$!; \
+	start=$$(date +%s); \
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
+	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 	$(PY) -m bnlab.report --scale $(SCALE)
 	$(PY) -m bnlab.archive pack --scale $(SCALE)

@@ -139,3 +139,15 @@ def test_job_identities_are_those_of_the_jobs_composed_one_by_one(name):
     fast = job_identities(name, "smoke", jobs | {int_lr})
     assert fast == {job: run_identity(experiment_config(name, "smoke", sorted(job))) for job in jobs | {int_lr}}
     assert len({fast[job] for job in jobs}) == len(jobs)  # and no two of the sweep's jobs share one
+
+
+def test_progress_counts_summaries_and_extrapolates(tmp_path):
+    from bnlab.progress import done, line
+
+    for i, name in enumerate(("a", "b", "c")):
+        (tmp_path / "fig1" / name).mkdir(parents=True)
+        if i < 2:
+            (tmp_path / "fig1" / name / "summary.json").write_text("{}")
+    assert done(tmp_path) == 2
+    assert line(2, 10, 120.0, 2 / 120.0) == "[bnlab] 2 / 10 runs done, 2 min elapsed, about 8 min left"
+    assert line(0, 10, 5.0, None) == "[bnlab] 0 / 10 runs done, 0 min elapsed"
