@@ -21,9 +21,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from bnlab import plots
 from bnlab.runlog import atomic_write_text
 
 VERDICTS = ("reproduced", "not reproduced", "inconclusive", "partly")
@@ -58,11 +60,34 @@ class Context:
         return path
 
     def write_table(self, stem: str, table: pd.DataFrame, caption: str) -> None:
+        """A cell may hold one value per seed (a list): the CSV gets its median, min, max and n as numbers,
+        the report its 'median [min, max] (n)'."""
         path = self.out_dir / "tables" / f"{self.name}_{stem}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path.with_suffix(".csv"), table.to_csv(index=False))
+        atomic_write_text(path.with_suffix(".csv"), spread_out(table).to_csv(index=False))
+        shown = table.copy()
+        for col in per_seed_columns(table):
+            shown[col] = table[col].map(plots.median_range)
         self.tables.append(f"**{caption}** (`{path.with_suffix('.csv').relative_to(self.out_dir)}`)\n\n"
-                           + table.to_markdown(index=False))
+                           + shown.to_markdown(index=False))
+
+
+def per_seed_columns(table: pd.DataFrame) -> list:
+    return [c for c in table.columns if table[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any()]
+
+
+def spread_out(table: pd.DataFrame) -> pd.DataFrame:
+    """Each column of per-seed lists becomes four numeric columns: '<col> median', 'min', 'max', 'n'."""
+    out = pd.DataFrame(index=table.index)
+    for col in table.columns:
+        if col not in per_seed_columns(table):
+            out[col] = table[col]
+            continue
+        values = table[col].map(lambda v: np.asarray(measured(list(np.atleast_1d(v))), dtype=float))
+        for name, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
+            out[f"{col} {name}"] = values.map(lambda v, fn=fn: float(fn(v)) if len(v) else np.nan)
+        out[f"{col} n"] = values.map(len)
+    return out
 
 
 def passes(value: float, threshold: float, direction: str) -> bool:

@@ -85,14 +85,14 @@ def analyze(ctx: Context) -> list[Finding]:
     for a in ax[0]:
         a.legend(fontsize=7)
     fig_path = plots.save(fig, ctx.figure_path("lr_onestep_depth"))
-    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
     layers = range(len(grad_norms[ARMS[0], seeds[0]]))
     ctx.write_table("grad_norm_init", pd.DataFrame(
         {"weight layer": [f"{i + 1}" if i < len(layers) - 1 else f"{i + 1} (output)" for i in layers],
-         **{plots.LABELS[arm]: [plots.median_range([grad_norms[arm, s][i] for s in seeds]) for i in layers]
+         **{plots.LABELS[arm]: [list([grad_norms[arm, s][i] for s in seeds]) for i in layers]
             for arm in ARMS},
-         "BN / none": [plots.median_range([grad_norms["batch", s][i] / grad_norms["none", s][i] for s in seeds])
+         "BN / none": [list([grad_norms["batch", s][i] / grad_norms["none", s][i] for s in seeds])
                        for i in layers]}),
         "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
         "(a reading aid for B3_one_step_blowup, not a claim)")

@@ -57,7 +57,7 @@ def analyze(ctx: Context) -> list[Finding]:
     ax[0, 0].legend(fontsize=6)
     fig_path = plots.save(fig, ctx.figure_path("inference_statistics"))
     cols = ["running", *[f"iid {b}" for b in TEST_BATCHES], "class-sorted 128"]
-    ctx.write_table("accuracy", t.groupby("momentum")[cols].agg(plots.median_range).reset_index(),
+    ctx.write_table("accuracy", t.groupby("momentum")[cols].agg(list).reset_index(),
                     "Test accuracy with running statistics vs each test batch's own statistics")
     by_momentum = lambda col: {f"momentum {m:g}": list(100 * (g.running - g[col]))  # noqa: E731
                                for m, g in t.groupby("momentum")}

@@ -42,7 +42,7 @@ def analyze(ctx: Context) -> list[Finding]:
     fig_path = plots.save(fig, ctx.figure_path("curves_histograms"))
     steps = ctx.cfg.trainer.steps
     table = runs.assign(acc=[value_at(c, steps) for c in [collect.metrics(p) for p in runs.path]])
-    table = table.groupby(["norm.name", "optim.lr"]).acc.apply(plots.median_range).reset_index()
+    table = table.groupby(["norm.name", "optim.lr"]).acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, f"CIFAR-10 CNN: test accuracy after {steps} steps (NaN: diverged)")
     return [Finding("S1_high_lr", paired_difference(runs, "batch", "none", optim__lr=0.5),
                     "BN minus none at lr 0.5, points", fig_path),

@@ -27,7 +27,7 @@ def analyze(ctx: Context) -> list[Finding]:
     loss_fig = plots.save(fig, ctx.figure_path("loss"))
     probe_figs = {lr: draw(ctx, select(runs, optim__lr=lr), f"deep linear network, lr {lr:g}: ICS and landscape",
                            f"probes_lr{lr:g}") for lr in lrs}
-    table = runs.groupby(["norm.name", "optim.lr"]).final_train_loss.apply(plots.median_range).reset_index()
+    table = runs.groupby(["norm.name", "optim.lr"]).final_train_loss.apply(list).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network: final training loss (sum of squares)")
     low, high = select(runs, optim__lr=1e-7), select(runs, optim__lr=1e-6)
     second_half = lambda col: lambda run: probe_median(run, "ics", col, 0.5, 1.0, by_layer=True)  # noqa: E731

@@ -18,7 +18,7 @@ def analyze(ctx: Context) -> list[Finding]:
                  title=f"25-layer linear net, lr {ctx.cfg.optim.lr:g}")
     ax[0, 0].legend()
     fig_path = plots.save(fig, ctx.figure_path("loss"))
-    table = runs.groupby("norm.name").final_train_loss.apply(plots.median_range).reset_index()
+    table = runs.groupby("norm.name").final_train_loss.apply(list).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network with lp normalisation: final training loss")
     return [
         Finding("S8_dln_lp", {p: per_seed_ratio(runs, p, "none", final_train_loss) for p in ("lp1", "lp2", "lpinf")},

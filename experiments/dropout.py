@@ -30,7 +30,7 @@ def analyze(ctx: Context) -> list[Finding]:
     for a in ax[0]:
         a.legend(fontsize=7)
     fig_path = plots.save(fig, ctx.figure_path("accuracy_gap"))
-    summary = t.groupby(["arm", "dropout"]).agg(test=("test", plots.median_range), gap=("gap", plots.median_range))
+    summary = t.groupby(["arm", "dropout"]).agg(test=("test", list), gap=("gap", list))
     ctx.write_table("summary", summary.reset_index(), "Dropout with and without BN (median [min, max] over seeds)")
     gains = {arm: [] for arm in ARMS}
     for seed in sorted(t.seed.unique()):

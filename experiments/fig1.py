@@ -106,13 +106,13 @@ def analyze(ctx: Context) -> list[Finding]:
         why = tags.get((arm, lr), "")
         r = select(runs, norm__name=arm, optim__lr=lr)
         cs = curves(r)
-        row = {"arm": plots.LABELS[arm], "lr": f"{lr:g}" + (f" ({why})" if why else "")}
+        row = {"arm": plots.LABELS[arm], "lr": lr, "which": why}
         for s in (2500, 10000, steps):
-            row[f"acc@{s}"] = plots.median_range([value_at(c, s) for c in cs.values()])
+            row[f"acc@{s}"] = list([value_at(c, s) for c in cs.values()])
             row[f"paper@{s}"] = PAPER.get((arm, s), "")
         for t in (0.95, 0.97, 0.98):
-            row[f"steps to {t:.0%}"] = plots.median_range([steps_to(c, t) for c in cs.values()])
-        row["steps/s"] = plots.median_range(r.steps_per_s)
+            row[f"steps to {t:.0%}"] = list([steps_to(c, t) for c in cs.values()])
+        row["steps/s"] = list(r.steps_per_s)
         rows.append(row)
     ctx.write_table("table", pd.DataFrame(rows), "Figure 1 in numbers (median [min, max] over seeds; "
                     "'inf' never reached)")

@@ -20,14 +20,14 @@ def analyze(ctx: Context) -> list[Finding]:
     draw_curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.5, 1))
     draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_moments"))
-    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "lp normalisation: final test accuracy (diverged runs excluded)")
     low = select(runs, optim__lr=lrs[0])
     # A centring normaliser pins each unit's batch mean to its beta, so mean changes measure only beta's updates;
     # the variance, which lp leaves free (BN does not), is where the shift shows.
     shift = {(arm, moment): per_seed_ratio(low, arm, "none", functools.partial(moment_change, moment=moment))
              for arm in ARMS[1:] for moment in ("mean", "var")}
-    table = pd.DataFrame([{"norm.name": arm, **{f"{moment} change / none": plots.median_range(shift[arm, moment])
+    table = pd.DataFrame([{"norm.name": arm, **{f"{moment} change / none": list(shift[arm, moment])
                                                  for moment in ("mean", "var")}} for arm in ARMS[1:]])
     ctx.write_table("moment_change", table, "Median per-step change of unit moments, ratio to the "
                     f"standard network (lr {lrs[0]:g}, per seed: the median over hidden layers)")

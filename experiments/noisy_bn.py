@@ -42,7 +42,7 @@ def analyze(ctx: Context) -> list[Finding]:
         a.axhline(target, color="k", lw=0.6, ls="--")
     draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("training_moments"))
-    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(plots.median_range).reset_index()
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "Noisy BN: final test accuracy (diverged runs excluded)")
     at = {f"lr {lr:g}": select(runs, optim__lr=lr) for lr in lrs}
     steps = lambda arm, ref: {cell: paired_steps_ratio(r, arm, ref, target, "train_acc")  # noqa: E731

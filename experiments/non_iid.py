@@ -20,7 +20,7 @@ def analyze(ctx: Context) -> list[Finding]:
         ax[0, i].legend(fontsize=7)
     fig_path = plots.save(fig, ctx.figure_path("curves"))
     table = runs.pivot_table(index="norm.name", columns="trainer.classes_per_batch", values="final_test_acc",
-                             aggfunc=plots.median_range).reset_index()
+                             aggfunc=list).reset_index()
     ctx.write_table("final_acc", table, "Final test accuracy by normaliser and classes per batch (0: i.i.d.)")
     non_iid = max(kinds)
     at = lambda arm, k: {"norm__name": arm, "trainer__classes_per_batch": k}  # noqa: E731

@@ -13,7 +13,7 @@ def analyze(ctx: Context) -> list[Finding]:
     fig_path = plots.save(plots.accuracy_vs_batch(runs, ARMS, score, "MNIST, 2 x 256 ReLU MLP, one epoch"),
                           ctx.figure_path("accuracy_vs_batch"))
     table = runs.pivot_table(index="norm.name", columns="trainer.batch_size", values="final_test_acc",
-                             aggfunc=plots.median_range).reset_index()
+                             aggfunc=list).reset_index()
     ctx.write_table("final_acc", table, "MLP: final test accuracy by normaliser and batch size")
     lo, hi = min(sizes), max(sizes)
     return [

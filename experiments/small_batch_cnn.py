@@ -14,7 +14,7 @@ def analyze(ctx: Context) -> list[Finding]:
     fig_path = plots.save(plots.accuracy_vs_batch(runs, ARMS, score, "MNIST CNN, 12,000 examples"),
                           ctx.figure_path("accuracy_vs_batch"))
     table = runs.pivot_table(index="norm.name", columns="trainer.batch_size", values="final_test_acc",
-                             aggfunc=plots.median_range).reset_index()
+                             aggfunc=list).reset_index()
     ctx.write_table("final_acc", table, "CNN: final test accuracy by normaliser and batch size")
     at = lambda arm, bs: {"norm__name": arm, "trainer__batch_size": bs}  # noqa: E731
     return [
