@@ -267,6 +267,21 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict]) -> str:
     return "\n\n".join(text)
 
 
+def log_artifact(out_dir: Path, scale: str, mode: str) -> None:
+    """REPORT.md, figures and tables as one wandb artifact of a 'report' run in the group report/<scale>."""
+    import wandb  # lazy, as for the runs
+
+    run = wandb.init(project="bnlab", mode=mode, dir=str(out_dir), job_type="report", group=f"report/{scale}",
+                     name=f"report-{scale}", settings=wandb.Settings(silent=True, console="off"))
+    artifact = wandb.Artifact(f"bnlab-report-{scale}", type="report")
+    artifact.add_file(str(out_dir / "REPORT.md"))
+    for folder in ("figures", "tables"):
+        if (out_dir / folder).is_dir():
+            artifact.add_dir(str(out_dir / folder), name=folder)
+    run.log_artifact(artifact)
+    run.finish()
+
+
 def report_dir(scale: str) -> Path:
     return REPO_ROOT / "results" if scale == "cpu" else REPO_ROOT / "results" / scale
 
@@ -277,6 +292,8 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, help="where REPORT.md, figures and tables go (default results/)")
     parser.add_argument("--archive", type=Path, help="runs to unpack when the scale has none on disk "
                         "(default results/evidence_<scale>.tar.xz)")
+    parser.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
+                        help="also log REPORT.md, figures and tables to wandb as an artifact")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. out_root=/elsewhere data.root=/data")
     args = parser.parse_args()
     out_dir = args.out_dir or report_dir(args.scale)
@@ -292,6 +309,8 @@ def main() -> None:
     runs = pd.read_csv(out_dir / "runs.csv") if (out_dir / "runs.csv").exists() else pd.DataFrame()
     failed = int(runs.status.isin(["failed", "incomplete"]).sum()) if len(runs) else 0
     stale = int((runs.stale | ~runs.in_sweep).sum()) if len(runs) else 0
+    if args.wandb != "disabled":
+        log_artifact(out_dir, args.scale, args.wandb)
     print(f"[bnlab] {tally(rows)}\n"
           f"[bnlab] {failed} failed or incomplete runs, {stale} left out (stale or outside the sweep); "
           f"wrote {out_dir / 'REPORT.md'}")

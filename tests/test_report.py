@@ -151,3 +151,19 @@ def test_progress_counts_summaries_and_extrapolates(tmp_path):
     assert done(tmp_path) == 2
     assert line(2, 10, 120.0, 2 / 120.0) == "[bnlab] 2 / 10 runs done, 2 min elapsed, about 8 min left"
     assert line(0, 10, 5.0, None) == "[bnlab] 0 / 10 runs done, 0 min elapsed"
+
+
+def test_the_report_goes_to_wandb_as_one_artifact(tmp_path, monkeypatch):
+    from bnlab.report import log_artifact
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "REPORT.md").write_text("# report\n")
+    (tmp_path / "figures" / "fig1_a.png").write_bytes(b"png")
+    log_artifact(tmp_path, "smoke", "offline")
+    import wandb
+
+    wandb.teardown()  # the service writes the offline record in the background until it is shut down
+    [record] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    assert b"bnlab-report-smoke" in data and b"REPORT.md" in data and b"figures/fig1_a.png" in data
