@@ -138,6 +138,11 @@ def fraction_beyond(acts: pd.DataFrame, limit: float, hist_range: float) -> pd.S
     return acts.apply(one, axis=1)
 
 
+def final_train_loss(run) -> float:
+    """A run's final training loss; a diverged run's is infinite."""
+    return float(run.final_train_loss) if run.status == "finished" else math.inf
+
+
 def final_score(run) -> float:
     """A run's final test accuracy; a diverged run counts as chance."""
     return float(run.final_test_acc) if run.status == "finished" else CHANCE

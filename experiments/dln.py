@@ -1,17 +1,11 @@
 """Santurkar et al. 2018 Fig. 3 and 10 on the 25-layer deep linear network: ICS, loss, landscape."""
 
-import math
 
-from bnlab import plots
-from bnlab.analysis import curves, done, layer_cells, per_seed_ratio, probe_median, select
+from bnlab import figures, plots
+from bnlab.analysis import curves, done, final_train_loss, layer_cells, per_seed_ratio, probe_median, select
 from bnlab.claims import Context, Finding
-from experiments.ics_landscape import draw
 
 ARMS = ("none", "batch")
-
-
-def final_train_loss(run) -> float:
-    return float(run.final_train_loss) if run.status == "finished" else math.inf
 
 
 def analyze(ctx: Context) -> list[Finding]:
@@ -25,8 +19,9 @@ def analyze(ctx: Context) -> list[Finding]:
         ax[0, i].set(yscale="log", title=f"25-layer linear net, lr {lr:g}", xlabel="step", ylabel="training loss (sum)")
         ax[0, i].legend()
     loss_fig = plots.save(fig, ctx.figure_path("loss"))
-    probe_figs = {lr: draw(ctx, select(runs, optim__lr=lr), f"deep linear network, lr {lr:g}: ICS and landscape",
-                           f"probes_lr{lr:g}") for lr in lrs}
+    probe_figs = {lr: figures.ics_and_landscape(ctx, select(runs, optim__lr=lr),
+                                                f"deep linear network, lr {lr:g}: ICS and landscape",
+                                                f"probes_lr{lr:g}") for lr in lrs}
     table = runs.groupby(["norm.name", "optim.lr"]).final_train_loss.apply(list).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network: final training loss (sum of squares)")
     low, high = select(runs, optim__lr=1e-7), select(runs, optim__lr=1e-6)

@@ -1,9 +1,8 @@
 """Santurkar et al. 2018 Fig. 13: lp normalisations in the 25-layer deep linear network."""
 
 from bnlab import plots
-from bnlab.analysis import curves, done, per_seed_ratio, select
+from bnlab.analysis import curves, done, final_train_loss, per_seed_ratio, select
 from bnlab.claims import Context, Finding
-from experiments.dln import final_train_loss
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
 

@@ -4,10 +4,9 @@ import functools
 
 import pandas as pd
 
-from bnlab import plots
+from bnlab import figures, plots
 from bnlab.analysis import done, moment_change, paired_difference, per_seed_ratio, select
 from bnlab.claims import Context, Finding
-from experiments.noisy_bn import draw_curves_by_lr, draw_moment_changes
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
 LP = ("lp1", "lp2", "lpinf")
@@ -17,8 +16,8 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
     fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
-    draw_curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.5, 1))
-    draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
+    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.5, 1))
+    figures.moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "lp normalisation: final test accuracy (diverged runs excluded)")

@@ -1,7 +1,7 @@
 """MLP half of the sweep matrix (configs/experiment/lr_sweep_mlp.yaml); the analysis is experiments.lr_sweep."""
 
 from bnlab.claims import Context, Finding
-from experiments.lr_sweep import analyze_sweep
+from bnlab.lr_sweep import analyze_sweep
 
 
 def analyze(ctx: Context) -> list[Finding]:

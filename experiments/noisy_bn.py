@@ -1,35 +1,10 @@
 """Santurkar et al. 2018 Fig. 2 and 8: noisy BN trains like BN although its distributions move more."""
 
-from bnlab import plots
-from bnlab.analysis import curves, done, moment_change, paired_difference, paired_steps_ratio, per_seed_ratio, select
+from bnlab import figures, plots
+from bnlab.analysis import done, moment_change, paired_difference, paired_steps_ratio, per_seed_ratio, select
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch", "noisy_batch", "noisy_none")
-
-
-def draw_curves_by_lr(axes, runs, arms, lrs, column: str, ylim) -> None:
-    """One panel per learning rate: `column` against steps, median and min-max over seeds, one line per arm."""
-    for ax, lr in zip(axes, lrs, strict=False):
-        for arm in arms:
-            cs = [c.dropna(subset=[column]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
-            plots.band(ax, cs, "step", column, plots.COLORS[arm], plots.LABELS[arm])
-        ax.set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel=column.replace("_", " "),
-               ylim=ylim)
-        ax.legend(fontsize=7)
-
-
-def draw_moment_changes(ax, runs, arms, title: str) -> None:
-    """Santurkar Fig. 8 in one panel: median (over seeds) per-step change of unit means, by hidden layer."""
-    for arm in arms:
-        per_layer = [moment_change(row) for _, row in runs[runs["norm.name"] == arm].iterrows()]
-        if per_layer:
-            layers = sorted(per_layer[0])
-            medians = [sorted(d[layer] for d in per_layer)[len(per_layer) // 2] for layer in layers]
-            ax.plot([layer + 1 for layer in layers], medians, marker="o", ms=3, color=plots.COLORS[arm],
-                    label=plots.LABELS[arm])
-    ax.set(yscale="log", xlabel="hidden layer", ylabel="median |mu_{t+1} - mu_t|",
-           title=f"per-step mean change, {title}")
-    ax.legend(fontsize=7)
 
 
 def analyze(ctx: Context) -> list[Finding]:
@@ -37,10 +12,10 @@ def analyze(ctx: Context) -> list[Finding]:
     lrs = sorted(runs["optim.lr"].unique())
     target = ctx.cfg.claims.S2_noisy_matches_bn.params.target
     fig, ax = plots.subplots(len(lrs) + 1, width=3.2)
-    draw_curves_by_lr(ax[0], runs, ARMS, lrs, "train_acc", (0, 1))
+    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "train_acc", (0, 1))
     for a in ax[0, :len(lrs)]:
         a.axhline(target, color="k", lw=0.6, ls="--")
-    draw_moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
+    figures.moment_changes(ax[0, -1], select(runs, optim__lr=lrs[0]), ARMS, f"lr {lrs[0]:g}")
     fig_path = plots.save(fig, ctx.figure_path("training_moments"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "Noisy BN: final test accuracy (diverged runs excluded)")
