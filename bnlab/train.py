@@ -5,7 +5,9 @@
   python -m bnlab.train experiment=fig1              # an experiment config is a whole sweep
 """
 
+import contextlib
 import ctypes
+import dataclasses
 import itertools
 import math
 import sys
@@ -180,20 +182,172 @@ class SingleModel:
         return self.opt.state_dict()
 
 
+def due(step: int, every: int) -> bool:
+    """Is something done every `every` steps (0: never) due at this step?"""
+    return bool(every) and step % every == 0
+
+
+@dataclass
+class RunState:
+    """A run's counters from step to step, the checkpoint's 'state'. Training loss and accuracy are averaged over
+    each evaluation interval; `initial_loss` anchors divergence; `probe_time` is what evaluation, probes and
+    checkpoints cost on top of training (`train_time`)."""
+
+    step: int = 0
+    initial_loss: float | None = None
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_time: float = 0.0
+    probe_time: float = 0.0
+
+    def record(self, step: int, loss: float, correct: int | None, tc) -> bool:
+        """One training step of this run; True when it has diverged (a non-finite loss, or an interval's mean
+        loss above diverge_factor x the first step's)."""
+        self.step = step
+        if self.initial_loss is None:
+            self.initial_loss = loss
+        self.loss_sum += loss * tc.batch_size
+        if correct is not None:
+            self.correct += correct
+        self.seen += tc.batch_size
+        interval_loss = self.loss_sum / self.seen
+        return not math.isfinite(loss) or (due(step, tc.eval_every) and
+                                           interval_loss > tc.diverge_factor * self.initial_loss)
+
+    def take_interval(self, classify: bool) -> tuple[float | None, float | None]:
+        """The interval's mean training loss and accuracy, and a fresh interval."""
+        seen = max(self.seen, 1)
+        means = (self.loss_sum / seen if self.seen else None,
+                 self.correct / seen if self.seen and classify else None)
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+        return means
+
+
+class Clock:
+    """Wall time split into training, shared out over the runs training together, and each run's probe time."""
+
+    def __init__(self):
+        self.tick = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self, members: list["Member"]):
+        """Charge the training since the last tick to `members`; what runs inside is not training."""
+        now = time.perf_counter()
+        for m in members:
+            m.state.train_time += (now - self.tick) / len(members)
+        try:
+            yield
+        finally:
+            self.tick = time.perf_counter()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def probing(m: "Member"):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            m.state.probe_time += time.perf_counter() - start
+
+
+@dataclass
+class Scoring:
+    """What every run of a process is scored and probed on: the same test set, probe batch and training subset
+    for every run and seed, so that traces compare."""
+
+    tc: object  # the trainer settings, resolved once: a DictConfig read costs microseconds, far more at batch 2
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    probe_x: torch.Tensor
+    train_eval: torch.Tensor
+
+    @classmethod
+    def on(cls, data: Dataset, tc, device: torch.device) -> "Scoring":
+        train_x, train_y = data.train.x.to(device), data.train.y.to(device)
+        fixed = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
+        return cls(tc, train_x, train_y, data.test.x.to(device), data.test.y.to(device),
+                   train_x[fixed[:tc.probe_size]], fixed[:tc.train_eval_size])
+
+
 @dataclass
 class Member:
-    """One run of a training process: its directory, batch order, counters and fate."""
+    """One run of a training process: its directory, batch order, counters, fate, and what it logs."""
 
     cfg: DictConfig
     run: RunDir
     identity: str
     order: BatchOrder | None = None
-    state: dict = field(default_factory=dict)
+    state: RunState = field(default_factory=RunState)
     checkpoint: dict | None = None
     rng: torch.Tensor | None = None  # the global RNG after initialisation, where dropout and noise draws start
     mirror: WandbMirror | None = None
     status: str = "finished"
     diverged_at: int | None = None
+
+    def log_eval(self, net: Net, step: int, sc: Scoring, tracker: MomentTracker | None) -> None:
+        test_loss, test_acc = evaluate(net, sc.test_x, sc.test_y, sc.tc.loss)
+        train_loss, train_acc = self.state.take_interval(sc.tc.loss == "cross_entropy")
+        row = {"step": step, "test_loss": test_loss, "test_acc": test_acc, "train_loss": train_loss,
+               "train_acc": train_acc, "train_time": self.state.train_time}
+        if tracker:
+            row.update({f"{key}_L{r['layer']}": r[key] for r in tracker.rows() for key in ("dmean", "dvar")})
+        if sc.tc.train_eval_size:
+            row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, sc.train_x[sc.train_eval],
+                                                                     sc.train_y[sc.train_eval], sc.tc.loss)
+        self.run.append_rows("metrics.jsonl", [row])
+        self.mirror.log(row, step)
+
+    def log_activations(self, net: Net, step: int, sc: Scoring) -> None:
+        tc = sc.tc
+        rows = [{"step": step, **r} for r in activation_stats(net, sc.probe_x, tc.probe_units, tc.hist_bins,
+                                                              tc.hist_range)]
+        self.run.append_rows("activations.jsonl", rows)
+        self.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
+                         if key[0] == "p" or key in ("mean", "std")}, step)
+
+    def log_gradient_probes(self, net: Net, step: int, idx: torch.Tensor, sc: Scoring, with_ics: bool,
+                            with_landscape: bool) -> None:
+        """ICS and the landscape on this run's batch of this step, before its update."""
+        tc, lr, loss_fn = sc.tc, self.cfg.optim.lr, LOSSES[sc.tc.loss]
+        x, y = sc.train_x.index_select(0, idx), sc.train_y.index_select(0, idx)
+        rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if with_ics else []
+        if with_landscape:
+            rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
+                              seed=self.cfg.seed * 1_000_003 + step)  # random direction: own generator
+        self.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
+
+    def save_checkpoint(self, model, k: int, tracker: MomentTracker | None, device: torch.device) -> None:
+        atomic_torch_save({
+            "identity": self.identity, "model": model.member(k).state_dict(), "opt": model.optimizer_state(k),
+            "order": self.order.state_dict(), "rng": model.rng_state(k), "state": dataclasses.asdict(self.state),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "tracker": tracker.state_dict() if tracker else None}, self.run.checkpoint_path)
+
+    def finish(self, stack_size: int, device: torch.device) -> None:
+        """The summary, into the run directory and wandb; the checkpoint goes."""
+        metrics = read_jsonl(self.run.path / "metrics.jsonl")
+        finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
+        state = self.state
+        summary = {
+            "status": self.status, "identity": self.identity, "experiment": self.cfg.experiment,
+            "seed": self.cfg.seed, "steps": state.step, "diverged_at": self.diverged_at,
+            "resumed": self.checkpoint is not None,
+            "final_test_acc": metrics[-1]["test_acc"] if self.status == "finished" else None,
+            "best_test_acc": max(finite) if finite else None,
+            "final_train_loss": metrics[-1]["train_loss"],
+            "train_time_s": state.train_time,  # in a stack: the stack's time shared out over its members
+            "probe_time_s": state.probe_time,  # evaluation, activation probes, checkpoints
+            "steps_per_s": state.step / state.train_time if state.train_time else None,
+            "fused": stack_size,  # runs trained together as one stack (1: alone)
+            "device": device.type,
+            **environment(),
+        }
+        self.mirror.close(summary=summary)
+        self.run.write_summary(summary)
+        self.run.checkpoint_path.unlink(missing_ok=True)
 
 
 def train(cfg: DictConfig, out_dir: str) -> dict:
@@ -262,23 +416,10 @@ def _trim_logs(run: RunDir, last: int | None) -> None:
         run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if last is not None else [])
 
 
-def _train_together(members: list[Member], data: Dataset) -> None:
-    cfg = members[0].cfg
-    # Plain dataclasses, resolved once: a DictConfig read costs microseconds (an interpolation far more),
-    # which at batch 2 was most of a training step. Trainer settings are shared by every member of a stack.
-    tc = OmegaConf.to_object(cfg.trainer)
-    device = use_device(cfg.device)
-    train_x, train_y = data.train.x.to(device), data.train.y.to(device)
-    test_x, test_y = data.test.x.to(device), data.test.y.to(device)
-    # The probe batch and the scored training subset are the same for every run and seed, so traces compare.
-    fixed = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
-    probe_x = train_x[fixed[:tc.probe_size]]
-    train_eval = fixed[:tc.train_eval_size]
-    loss_fn = LOSSES[tc.loss]
-    classify = tc.loss == "cross_entropy"
-
-    nets, opts = [], []
-    tracker = None
+def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.device):
+    """Every member's network, optimiser and batch order, from its seed or its checkpoint; then the stepping
+    model: one SingleModel, or a StackedMLP of all the members."""
+    tc, nets, opts, tracker = sc.tc, [], [], None
     for m in members:
         oc = OmegaConf.to_object(m.cfg.optim)
         torch.manual_seed(m.cfg.seed)
@@ -286,147 +427,83 @@ def _train_together(members: list[Member], data: Dataset) -> None:
         if m.cfg.model.arch == "cnn":
             net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
         opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
-        m.order = BatchOrder(len(train_x), tc.batch_size, m.cfg.seed, train_y, tc.classes_per_batch)
-        # Training loss and accuracy are averaged over each evaluation interval; `initial_loss` anchors divergence.
-        # `probe_time` is what evaluation, probes and checkpoints cost on top of training.
-        m.state = {"step": 0, "initial_loss": None, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0,
-                   "probe_time": 0.0}
+        m.order = BatchOrder(len(sc.train_x), tc.batch_size, m.cfg.seed, sc.train_y, tc.classes_per_batch)
         if tc.moment_units:  # single runs only (fused.fuse_key)
             tracker = MomentTracker(net, tc.moment_units)
-        ck = m.checkpoint
-        if ck:
-            net.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["opt"])
-            m.order.load_state_dict(ck["order"])
-            torch.set_rng_state(ck["rng"])
-            if ck.get("cuda_rng") is not None and device.type == "cuda":  # dropout on a GPU draws from CUDA's RNG
-                torch.cuda.set_rng_state_all(ck["cuda_rng"])
-            m.state = ck["state"]
-            if tracker:
-                tracker.load_state_dict(ck["tracker"])
+        if m.checkpoint:
+            _restore(m, m.checkpoint, net, opt, tracker, device)
         m.rng = torch.get_rng_state()
         nets.append(net)
         opts.append(opt)
-        _trim_logs(m.run, m.state["step"] if ck else None)
+        _trim_logs(m.run, m.state.step if m.checkpoint else None)
+    nets[0].train()
     if len(members) == 1:
-        model = SingleModel(nets[0], opts[0], train_x, train_y, tc.loss, tracker)
-    else:
-        model = StackedMLP(nets, opts, [m.rng for m in members], train_x, train_y, tc.loss)
+        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, tracker), tracker
+    return StackedMLP(nets, opts, [m.rng for m in members], sc.train_x, sc.train_y, tc.loss), tracker
 
-    def log_eval(k: int, m: Member, step: int) -> None:
-        net, state = model.member(k), m.state
-        test_loss, test_acc = evaluate(net, test_x, test_y, tc.loss)
-        seen = max(state["seen"], 1)
-        row = {"step": step, "test_loss": test_loss, "test_acc": test_acc,
-               "train_loss": state["loss_sum"] / seen if state["seen"] else None,
-               "train_acc": state["correct"] / seen if state["seen"] and classify else None,
-               "train_time": state["train_time"]}
-        if tracker:
-            row.update({f"{key}_L{r['layer']}": r[key] for r in tracker.rows() for key in ("dmean", "dvar")})
-        if tc.train_eval_size:
-            row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, train_x[train_eval], train_y[train_eval],
-                                                                     tc.loss)
-        state.update(loss_sum=0.0, correct=0, seen=0)
-        m.run.append_rows("metrics.jsonl", [row])
-        m.mirror.log(row, step)
 
-    def log_probe(k: int, m: Member, step: int) -> None:
-        rows = [{"step": step, **r} for r in
-                activation_stats(model.member(k), probe_x, tc.probe_units, tc.hist_bins, tc.hist_range)]
-        m.run.append_rows("activations.jsonl", rows)
-        m.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
-                      if key[0] == "p" or key in ("mean", "std")}, step)
+def _restore(m: Member, ck: dict, net: Net, opt, tracker: MomentTracker | None, device: torch.device) -> None:
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    m.order.load_state_dict(ck["order"])
+    torch.set_rng_state(ck["rng"])
+    if ck.get("cuda_rng") is not None and device.type == "cuda":  # dropout on a GPU draws from CUDA's RNG
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    m.state = RunState(**ck["state"])
+    if tracker:
+        tracker.load_state_dict(ck["tracker"])
 
-    def log_gradient_probes(k: int, m: Member, step: int, idx: torch.Tensor, with_ics: bool,
-                            with_landscape: bool) -> None:
-        net, lr = model.member(k), m.cfg.optim.lr
-        x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
-        rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if with_ics else []
-        if with_landscape:
-            rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
-                              seed=m.cfg.seed * 1_000_003 + step)  # random direction: own generator
-        m.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
 
-    def timed(m: Member, fn, *args) -> None:
-        paused = time.perf_counter()
-        fn(*args)
-        m.state["probe_time"] += time.perf_counter() - paused
-
-    active = list(members)
-    tick = time.perf_counter()
-
-    def charge() -> None:  # the stack's training time since the last call, shared out over its members
-        nonlocal tick
-        now = time.perf_counter()
-        for m in active:
-            m.state["train_time"] += (now - tick) / len(active)
-        tick = now
-
+def _train_together(members: list[Member], data: Dataset) -> None:
+    tc = OmegaConf.to_object(members[0].cfg.trainer)  # shared by every member of a stack
+    device = use_device(members[0].cfg.device)
+    sc = Scoring.on(data, tc, device)
+    model, tracker = _setup(members, data, sc, device)
+    clock, active, step = Clock(), list(members), members[0].state.step
     try:
         for m in members:
             m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name, identity=m.identity)
-        step = members[0].state["step"]
-        if step == 0:
-            for k, m in enumerate(members):
-                timed(m, log_eval, k, m, 0)
-                timed(m, log_probe, k, m, 0)
-        names = members[0].run.path.name if len(members) == 1 else f"{len(members)} fused runs"
-        bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, mininterval=2.0, desc=names[:40],
-                   leave=False, file=sys.stderr)
-        nets[0].train()
-        tick = time.perf_counter()
+        for k, m in enumerate(members if step == 0 else []):
+            with clock.probing(m):
+                m.log_eval(model.member(k), 0, sc, tracker)
+                m.log_activations(model.member(k), 0, sc)
+        bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, mininterval=2.0, leave=False,
+                   desc=(members[0].run.path.name if len(members) == 1 else f"{len(members)} stacked runs")[:40],
+                   file=sys.stderr)
+        clock.tick = time.perf_counter()
         while active and step < tc.steps:
             idx = torch.stack([m.order.next() for m in active]).to(device)
-            ics_now = tc.ics_every and step % tc.ics_every == 0
-            landscape_now = tc.landscape_every and step % tc.landscape_every == 0
-            if ics_now or landscape_now:  # on each member's batch of this step, before its update
-                charge()
-                for k, m in enumerate(active):
-                    timed(m, log_gradient_probes, k, m, step, idx[k], ics_now, landscape_now)
-                tick = time.perf_counter()
+            ics, land = due(step, tc.ics_every), due(step, tc.landscape_every)
+            if ics or land:  # on each member's batch of this step, before its update
+                with clock.paused(active):
+                    for k, m in enumerate(active):
+                        with clock.probing(m):
+                            m.log_gradient_probes(model.member(k), step, idx[k], sc, ics, land)
             losses, correct = model.step(idx)
             step += 1
-            diverged = []
-            for k, m in enumerate(active):
-                state = m.state
-                state["step"] = step
-                if state["initial_loss"] is None:
-                    state["initial_loss"] = losses[k]
-                state["loss_sum"] += losses[k] * tc.batch_size
-                if classify:
-                    state["correct"] += correct[k]
-                state["seen"] += tc.batch_size
-                interval_loss = state["loss_sum"] / state["seen"]
-                if not math.isfinite(losses[k]) or (step % tc.eval_every == 0 and
-                                                    interval_loss > tc.diverge_factor * state["initial_loss"]):
-                    diverged.append(k)
+            diverged = [k for k, m in enumerate(active)
+                        if m.state.record(step, losses[k], correct[k] if correct else None, tc)]
             if diverged:
-                charge()
-                for k in diverged:
-                    m = active[k]
-                    m.status, m.diverged_at = "diverged", step
-                    timed(m, log_eval, k, m, step)
-                kept = [k for k in range(len(active)) if k not in diverged]
-                active = [active[k] for k in kept]
-                model.keep(kept)
-                tick = time.perf_counter()
-            if step % tc.eval_every == 0 or step % tc.probe_every == 0 or step % tc.checkpoint_every == 0 \
-                    or step == tc.steps:
-                charge()
-                for k, m in enumerate(active):
-                    if step % tc.eval_every == 0 or step == tc.steps:
-                        timed(m, log_eval, k, m, step)
-                    if step % tc.probe_every == 0 or step == tc.steps:
-                        timed(m, log_probe, k, m, step)
-                    if step % tc.checkpoint_every == 0 and step < tc.steps:
-                        timed(m, atomic_torch_save, {
-                            "identity": m.identity, "model": model.member(k).state_dict(),
-                            "opt": model.optimizer_state(k), "order": m.order.state_dict(),
-                            "rng": model.rng_state(k), "state": m.state,
-                            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                            "tracker": tracker.state_dict() if tracker else None}, m.run.checkpoint_path)
-                bar.update(step - bar.n)
-                tick = time.perf_counter()
+                with clock.paused(active):
+                    for k in diverged:
+                        active[k].status, active[k].diverged_at = "diverged", step
+                        with clock.probing(active[k]):
+                            active[k].log_eval(model.member(k), step, sc, tracker)
+                    kept = [k for k in range(len(active)) if k not in diverged]
+                    active = [active[k] for k in kept]
+                    model.keep(kept)  # its NaNs never meet the others' numbers
+            last = step == tc.steps
+            if due(step, tc.eval_every) or due(step, tc.probe_every) or due(step, tc.checkpoint_every) or last:
+                with clock.paused(active):
+                    for k, m in enumerate(active):
+                        with clock.probing(m):
+                            if due(step, tc.eval_every) or last:
+                                m.log_eval(model.member(k), step, sc, tracker)
+                            if due(step, tc.probe_every) or last:
+                                m.log_activations(model.member(k), step, sc)
+                            if due(step, tc.checkpoint_every) and not last:
+                                m.save_checkpoint(model, k, tracker, device)
+                    bar.update(step - bar.n)
         bar.close()
     except BaseException:
         for m in members:
@@ -437,25 +514,7 @@ def _train_together(members: list[Member], data: Dataset) -> None:
         if tc.save_model:
             atomic_torch_save(model.member(k).state_dict(), m.run.path / "model.pt")
     for m in members:
-        metrics = read_jsonl(m.run.path / "metrics.jsonl")
-        finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
-        state = m.state
-        summary = {
-            "status": m.status, "identity": m.identity, "experiment": m.cfg.experiment, "seed": m.cfg.seed,
-            "steps": state["step"], "diverged_at": m.diverged_at, "resumed": m.checkpoint is not None,
-            "final_test_acc": metrics[-1]["test_acc"] if m.status == "finished" else None,
-            "best_test_acc": max(finite) if finite else None,
-            "final_train_loss": metrics[-1]["train_loss"],
-            "train_time_s": state["train_time"],  # fused: the stack's time shared out over its members
-            "probe_time_s": state.get("probe_time"),  # evaluation, activation probes, checkpoints
-            "steps_per_s": state["step"] / state["train_time"] if state["train_time"] else None,
-            "fused": len(members),  # runs trained together as one stack (1: alone)
-            "device": device.type,
-            **environment(),
-        }
-        m.mirror.close(summary=summary)
-        m.run.write_summary(summary)
-        m.run.checkpoint_path.unlink(missing_ok=True)
+        m.finish(len(members), device)
 
 
 def run_job(cfg: DictConfig, out_dir: str) -> dict:

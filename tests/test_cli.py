@@ -63,3 +63,19 @@ def test_slurm_launcher_config_composes():
     r = run_cli(["bnlab.train", "experiment=fig1", "hydra/launcher=slurm", "--cfg", "hydra", "-p", "hydra.launcher"])
     assert r.returncode == 0, r.stderr
     assert "SlurmLauncher" in r.stdout and "cpus_per_task: 1" in r.stdout
+
+
+def test_the_trainer_run_as_main_pickles_for_the_sweep_workers():
+    """`python -m bnlab.train` is __main__, whose functions and classes the launcher pickles by value; cloudpickle
+    takes a name like `x.classes` or `x.backends` for a torch submodule it cannot pickle."""
+    import inspect
+    import runpy
+
+    import cloudpickle
+
+    main = runpy.run_module("bnlab.train", run_name="__mp_main__")
+    ours = [o for o in main.values() if (inspect.isfunction(o) or inspect.isclass(o))
+            and getattr(o, "__module__", "") == "__mp_main__"]
+    assert len(ours) > 10
+    for obj in ours:
+        cloudpickle.dumps(obj)
