@@ -31,6 +31,8 @@ def runs(sweep_dir: str | Path) -> pd.DataFrame:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             summary = {"status": "incomplete"}
+        if "fused" in summary:  # the stack size's earlier name
+            summary["stack_size"] = summary.pop("fused")
         row.update({f"summary.{k}" if k in row else k: v for k, v in summary.items()})
         overrides = run_dir / ".hydra" / "overrides.yaml"  # the job's command-line overrides, as Hydra saved them
         row["job_overrides"] = tuple(OmegaConf.load(overrides)) if overrides.is_file() else None

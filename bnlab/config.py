@@ -148,7 +148,7 @@ class TrainConfig:
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 # The sweep launcher's schema (hydra/launcher=bnlab_joblib). Hydra finds plugins by scanning hydra_plugins/ on
 # sys.path, which misses an editable install's copy when Python starts outside the repository.
-import hydra_plugins.bnlab_launcher.fusing_launcher  # noqa: E402, F401
+import hydra_plugins.bnlab_launcher.stacking_launcher  # noqa: E402, F401
 
 # Keys that say where or how a run executes, not what it computes: they never change its identity.
 NON_SEMANTIC = ("data.root", "data.download", "data.verify", "trainer.progress", "wandb", "out_root", "claims",

@@ -108,11 +108,6 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
     return rows
 
 
-LOSSES = {
-    "cross_entropy": lambda out, y: F.cross_entropy(out, y),
-    "mse": lambda out, y: F.mse_loss(out, y),
-    "mse_sum": lambda out, y: F.mse_loss(out, y, reduction="sum"),  # Santurkar's DLN: lr 1e-6 implies a sum
-}
 
 
 def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[torch.Tensor], rng: tuple):

@@ -165,7 +165,7 @@ class WandbMirror:
     a resumed run continue it instead of starting a second. Runs are grouped by experiment and scale; the claims
     stay out of the config; the summary gets the final status, accuracies and stack size."""
 
-    SUMMARY_KEYS = ("status", "steps", "diverged_at", "final_test_acc", "best_test_acc", "fused", "device")
+    SUMMARY_KEYS = ("status", "steps", "diverged_at", "final_test_acc", "best_test_acc", "stack_size", "device")
 
     def __init__(self, cfg: DictConfig, run_dir: Path, name: str, identity: str):
         self.run = None

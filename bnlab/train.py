@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from bnlab.config import run_identity
 from bnlab.data import EXPECTED_FILES, DataError, Dataset, Split, ensure_files, load_dataset
-from bnlab.fused import StackedMLP, fuse_key
 from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, build_model, resolve_device, use_device
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
-from bnlab.probes import LOSSES, MomentTracker, activation_stats, internal_covariate_shift, landscape
+from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
+from bnlab.stack import LOSSES, SingleModel, StackedMLP, stack_key
 
 
 class ConfigError(ValueError):
@@ -146,40 +146,6 @@ def _dataset(cfg: DictConfig) -> Dataset:
     if d.train_size:  # the first n examples: the same small training set for every run and seed
         data.train = Split(data.train.x[:d.train_size], data.train.y[:d.train_size])
     return data
-
-
-class SingleModel:
-    """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
-
-    def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
-                 tracker: MomentTracker | None):
-        self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
-        self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
-
-    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
-        x, y = self.train_x.index_select(0, idx[0]), self.train_y.index_select(0, idx[0])
-        if self.tracker:
-            self.tracker.active = True
-        out = self.net(x)
-        if self.tracker:
-            self.tracker.active = False
-        loss = self.loss(out, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None
-
-    def keep(self, members: list[int]) -> None:
-        pass  # one member: when it diverges, training ends
-
-    def member(self, k: int) -> Net:
-        return self.net
-
-    def rng_state(self, k: int) -> torch.Tensor:
-        return torch.get_rng_state()  # dropout and noise draw from the global RNG
-
-    def optimizer_state(self, k: int) -> dict:
-        return self.opt.state_dict()
 
 
 def due(step: int, every: int) -> bool:
@@ -341,7 +307,7 @@ class Member:
             "train_time_s": state.train_time,  # in a stack: the stack's time shared out over its members
             "probe_time_s": state.probe_time,  # evaluation, activation probes, checkpoints
             "steps_per_s": state.step / state.train_time if state.train_time else None,
-            "fused": stack_size,  # runs trained together as one stack (1: alone)
+            "stack_size": stack_size,  # runs trained together as one stack (1: alone)
             "device": device.type,
             **environment(),
         }
@@ -374,7 +340,7 @@ def keep_freed_memory() -> None:
 
 
 def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
-    """Train runs that may share a stack (equal `fused.fuse_key`; any single run does) in this process.
+    """Train runs that may share a stack (equal `stack.stack_key`; any single run does) in this process.
 
     Each run is resumed from its checkpoint or skipped when finished, exactly as if it trained alone."""
     for cfg in cfgs:
@@ -382,7 +348,7 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
     members = [Member(cfg, RunDir(d), run_identity(cfg)) for cfg, d in zip(cfgs, out_dirs, strict=True)]
     pending = [m for m in members if not m.run.is_done(m.identity)]
     if len(pending) > 1:
-        keys = {fuse_key(m.cfg) for m in pending}
+        keys = {stack_key(m.cfg) for m in pending}
         if None in keys or len(keys) > 1:
             raise ValueError("train_runs: these runs cannot share a stack; train them one at a time")
     if pending:
@@ -399,7 +365,7 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         data = _dataset(cfg)
         # runs resumed from different steps (an earlier partial sweep) catch up as separate stacks
         for _, group in itertools.groupby(sorted(pending, key=_start_step), key=_start_step):
-            _train_together(list(group), data)
+            _train_stack(list(group), data)
     return [m.run.summary() for m in members]  # type: ignore[misc]
 
 
@@ -428,7 +394,7 @@ def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.devi
             net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
         opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
         m.order = BatchOrder(len(sc.train_x), tc.batch_size, m.cfg.seed, sc.train_y, tc.classes_per_batch)
-        if tc.moment_units:  # single runs only (fused.fuse_key)
+        if tc.moment_units:  # single runs only (stack.stack_key)
             tracker = MomentTracker(net, tc.moment_units)
         if m.checkpoint:
             _restore(m, m.checkpoint, net, opt, tracker, device)
@@ -454,7 +420,7 @@ def _restore(m: Member, ck: dict, net: Net, opt, tracker: MomentTracker | None, 
         tracker.load_state_dict(ck["tracker"])
 
 
-def _train_together(members: list[Member], data: Dataset) -> None:
+def _train_stack(members: list[Member], data: Dataset) -> None:
     tc = OmegaConf.to_object(members[0].cfg.trainer)  # shared by every member of a stack
     device = use_device(members[0].cfg.device)
     sc = Scoring.on(data, tc, device)
@@ -541,7 +507,7 @@ def report(out_dir: str, summary: dict) -> None:
     print(f"[bnlab] {out_dir}: {summary['status']} after {summary['steps']} steps"
           + (f", test acc {acc:.4f}" if acc is not None else "")
           + (f", {summary['steps_per_s']:.0f} steps/s" if summary.get("steps_per_s") else "")
-          + (f" (one of {summary['fused']} fused)" if summary.get("fused", 1) > 1 else ""), flush=True)
+          + (f" (one of a stack of {summary['stack_size']})" if summary.get("stack_size", 1) > 1 else ""), flush=True)
 
 
 def preflight(cfgs: list[DictConfig]) -> None:

@@ -12,7 +12,8 @@ from bnlab.analysis import best_lr, done, final_score, ratio, score, select
 from bnlab.claims import Context, Finding
 from bnlab.data import load_dataset
 from bnlab.models import build_model
-from bnlab.probes import LOSSES, relative_loss, weight_grad_norms
+from bnlab.probes import relative_loss, weight_grad_norms
+from bnlab.stack import LOSSES
 
 ARMS = ("none", "batch")
 ETAS = np.logspace(-4, 1, 21).tolist()

@@ -1,4 +1,4 @@
-"""Speed of bnlab runs (alone and fused) against the canonical torchvision + DataLoader loop, on this machine.
+"""Speed of bnlab runs (alone and stacked) against the canonical torchvision + DataLoader loop, on this machine.
 
   python scripts/bench.py [--steps 600] [--repeats 3]      (make bench)   ->  results/bench.md
 
@@ -24,10 +24,10 @@ from torchvision import datasets, transforms
 
 from bnlab.config import REPO_ROOT, TrainerConfig
 from bnlab.data import _UnverifiedCIFAR10
-from bnlab.fused import fuse_key
 from bnlab.models import build_model
 from bnlab.report import experiment_config
 from bnlab.runlog import atomic_write_text
+from bnlab.stack import stack_key
 from bnlab.train import train_runs
 
 WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
@@ -50,7 +50,7 @@ def cpu_name() -> str:
     return f"{fields.get('model name')} (family {fields.get('cpu family')}, model {fields.get('model')}, {vector})"
 
 
-FUSED = (8, 16)  # stack sizes timed
+STACK_SIZES = (8, 16)  # stack sizes timed
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -102,30 +102,30 @@ def canonical(cfg, steps: int, batch: int) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def bnlab_run(cfg, steps: int, fused: int = 1, every: int | None = None) -> list[dict]:
-    """The real trainer; `fused` > 1: that many runs (own seeds and learning rates) trained as one stack.
+def bnlab_run(cfg, steps: int, stack: int = 1, every: int | None = None) -> list[dict]:
+    """The real trainer; `stack` > 1: that many runs (own seeds and learning rates) trained as one stack.
     Evaluation and probes every `every` steps (None: only at the end, so the time is training speed)."""
     cfg = cfg.copy()
     every = every or steps
     cfg.trainer.update(steps=steps, eval_every=every, probe_every=every, checkpoint_every=steps, progress=False)
     cfgs = []
-    for k in range(fused):
+    for k in range(stack):
         member = cfg.copy()
-        member.seed, member.optim.lr = k, cfg.optim.lr * (1 + k / fused)
+        member.seed, member.optim.lr = k, cfg.optim.lr * (1 + k / stack)
         cfgs.append(member)
     with tempfile.TemporaryDirectory() as tmp:
-        return train_runs(cfgs, [f"{tmp}/{k}" for k in range(fused)])
+        return train_runs(cfgs, [f"{tmp}/{k}" for k in range(stack)])
 
 
-def speed(cfg, steps: int, fused: int = 1) -> float:
-    return bnlab_run(cfg, steps, fused)[0]["steps_per_s"]  # a member's share of the stack's time: per model
+def speed(cfg, steps: int, stack: int = 1) -> float:
+    return bnlab_run(cfg, steps, stack)[0]["steps_per_s"]  # a member's share of the stack's time: per model
 
 
-def instrumentation(cfg, steps: int, fused: int = 1) -> float:
+def instrumentation(cfg, steps: int, stack: int = 1) -> float:
     """Evaluation + activation probes at the schema's default cadence, as a fraction of training time."""
     every = TrainerConfig.eval_every
     assert every == TrainerConfig.probe_every
-    summaries = bnlab_run(cfg, steps, fused, every)
+    summaries = bnlab_run(cfg, steps, stack, every)
     return statistics.median(s["probe_time_s"] / s["train_time_s"] for s in summaries)
 
 
@@ -148,9 +148,9 @@ def main() -> None:
         floor = gflops * 1e9 / flops_per_step(cfg, shape, batch)
         variants = {"canonical loop": partial(canonical, cfg, steps, batch),
                     "bnlab, one run": partial(speed, cfg, steps)}
-        fusable = fuse_key(cfg) is not None  # CNNs train alone: they are compute-bound already
-        if fusable:
-            variants.update({f"bnlab, {k} fused": partial(speed, cfg, steps, k) for k in FUSED})
+        stackable = stack_key(cfg) is not None  # CNNs train alone: they are compute-bound already
+        if stackable:
+            variants.update({f"bnlab, stack of {k}": partial(speed, cfg, steps, k) for k in STACK_SIZES})
         times: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.repeats):
             for variant, fn in variants.items():
@@ -162,9 +162,9 @@ def main() -> None:
                         f"{rate / floor:.0%} | {50000 / rate:.0f} s |")
             print(rows[-1], flush=True)
         long = 4 * TrainerConfig.eval_every if cfg.model.arch == "mlp" else 2 * TrainerConfig.eval_every
-        for k in (1, max(FUSED)) if fusable else (1,):
+        for k in (1, max(STACK_SIZES)) if stackable else (1,):
             share = instrumentation(cfg, long, k)
-            costs.append(f"| {name} | {'one run' if k == 1 else f'{k} fused'} | {long} | {share:.1%} |")
+            costs.append(f"| {name} | {'one run' if k == 1 else f'stack of {k}'} | {long} | {share:.1%} |")
             print(costs[-1], flush=True)
     text = (
         "# bnlab speed benchmark\n\n"
@@ -173,8 +173,8 @@ def main() -> None:
         f"Python {platform.python_version()}. Matmul (2048^3, float32, 1 thread): {gflops:.1f} GFLOP/s.\n\n"
         "Steps/s per model are median [min, max] over the repeats. *Canonical loop*: torchvision Dataset with "
         "ToTensor + Normalize per sample and a shuffling DataLoader (num_workers=0). *bnlab, one run*: the real "
-        "trainer (`bnlab.train.train_runs`), data held as one in-memory tensor and gathered by index. *bnlab, K "
-        "fused*: K runs (own seeds, data orders and learning rates) trained as one stacked model, steps/s per model "
+        "trainer (`bnlab.train.train_runs`), data held as one in-memory tensor and gathered by index. *bnlab, stack "
+        "of K*: K runs (own seeds, data orders and learning rates) trained as one stacked model, steps/s per model "
         "= K x stack steps/s. *Floor*: matmul GFLOP/s / FLOPs per training step of one model (matmuls and "
         "convolutions only, torch.utils.flop_counter). The last column is a 50,000-step run at that rate, "
         "evaluation excluded.\n\n"

@@ -65,6 +65,7 @@ def test_slurm_launcher_config_composes():
     assert "SlurmLauncher" in r.stdout and "cpus_per_task: 1" in r.stdout
 
 
+@pytest.mark.filterwarnings("ignore:'bnlab.train' found in sys.modules")  # runpy runs it again, as python -m
 def test_the_trainer_run_as_main_pickles_for_the_sweep_workers():
     """`python -m bnlab.train` is __main__, whose functions and classes the launcher pickles by value; cloudpickle
     takes a name like `x.classes` or `x.backends` for a torch submodule it cannot pickle."""

@@ -13,7 +13,7 @@ from bnlab.config import REPO_ROOT
 from bnlab.runlog import read_jsonl
 from bnlab.train import train
 from tests.conftest import make_cfg, run_cli
-from tests.test_fused import assert_close_rows
+from tests.test_stack import assert_close_rows
 
 pytestmark = pytest.mark.slow
 SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=1500", "trainer.eval_every=100", "trainer.probe_every=500",
@@ -21,13 +21,13 @@ SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=1500", "trainer.eval_every
          "hydra.launcher.n_jobs=2"]
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tmp_path, fuse):
-    sweep_args = [*SWEEP, f"hydra.launcher.fuse={fuse}"]
-    if fuse:  # two stacks of 2 on two workers finish within milliseconds of each other, which a poll can miss;
+@pytest.mark.parametrize("stack", [True, False])
+def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tmp_path, stack):
+    sweep_args = [*SWEEP, f"hydra.launcher.stack={stack}"]
+    if stack:  # two stacks of 2 on two workers finish within milliseconds of each other, which a poll can miss;
         # one after the other on one worker, the first is finished while the second checkpoints part-way
         sweep_args = [a for a in sweep_args if not a.startswith("hydra.launcher.n_jobs")] + [
-            "hydra.launcher.n_jobs=1", "hydra.launcher.max_fused=2"]
+            "hydra.launcher.n_jobs=1", "hydra.launcher.max_stack=2"]
     args = [sys.executable, "-m", "bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", *sweep_args]
     sweep = tmp_path / "cpu" / "adhoc"
     proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -65,14 +65,14 @@ def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tm
     keys = ("step", "test_loss", "test_acc", "train_loss", "train_acc")
     got = [{k: row[k] for k in keys} for row in read_jsonl(sweep / resumed.path.split("/")[-1] / "metrics.jsonl")]
     want = [{k: row[k] for k in keys} for row in read_jsonl(tmp_path / "reference" / "metrics.jsonl")]
-    if fuse:  # a stack resumed is bitwise the stack uninterrupted (test_fused); alone it is within rounding
+    if stack:  # a stack resumed is bitwise the stack uninterrupted (test_stack); alone it is within rounding
         assert_close_rows(got, want)
     else:
         assert got == want
 
 
 def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
-    """Two runs (one fused pair) read a truncated dataset; they fail with their traceback on disk, the other
+    """Two runs (one stacked pair) read a truncated dataset; they fail with their traceback on disk, the other
     pair finishes."""
     from tests.conftest import write_mnist
 
@@ -87,7 +87,7 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
     status = {(root, seed): s for root, seed, s in zip(runs["data.root"], runs.seed, runs.status, strict=True)}
     assert status == {(str(data_root), 0): "finished", (str(data_root), 1): "finished",
                       (str(corrupt), 0): "failed", (str(corrupt), 1): "failed"}
-    assert set(runs[runs.status == "finished"].fused) == {2}  # each pair trained as one stack
+    assert set(runs[runs.status == "finished"].stack_size) == {2}  # each pair trained as one stack
     failed = runs[runs.status == "failed"].iloc[0]
     assert "corrupt or truncated" in failed.error
     assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()

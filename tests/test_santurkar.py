@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 
 from bnlab.config import NormConfig
 from bnlab.norms import NORMALIZERS, AlgOneNoise
-from bnlab.probes import LOSSES, internal_covariate_shift, landscape, relative_loss, weight_grad_norms
+from bnlab.probes import internal_covariate_shift, landscape, relative_loss, weight_grad_norms
 from bnlab.runlog import read_jsonl
+from bnlab.stack import LOSSES
 from bnlab.train import train
 from tests.conftest import make_cfg
 from tests.test_models import model

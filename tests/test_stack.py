@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from bnlab.fused import StackedMLP, fuse_key
 from bnlab.runlog import atomic_torch_save, read_jsonl
-from bnlab.train import SingleModel, train, train_runs
+from bnlab.stack import SingleModel, StackedMLP, stack_key
+from bnlab.train import train, train_runs
 from tests.conftest import make_cfg, run_cli
 from tests.test_train import history
 
@@ -100,19 +100,19 @@ def train_alone_and_twins(cfgs, tmp_path, monkeypatch) -> list[dict]:
 
 
 @pytest.mark.parametrize("norm", ["none", "batch"])
-def test_each_fused_member_equals_its_run_trained_alone(data_root, tmp_path, monkeypatch, norm):
+def test_each_stacked_member_equals_its_run_trained_alone(data_root, tmp_path, monkeypatch, norm):
     cfgs = [make_cfg(data_root, tmp_path, [f"norm={norm}", *SHARED, *m]) for m in MEMBERS]
-    assert len({fuse_key(c) for c in cfgs}) == 1
-    fused = train_runs(cfgs, [str(tmp_path / f"fused{i}") for i in range(len(cfgs))])
+    assert len({stack_key(c) for c in cfgs}) == 1
+    stacked = train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
     alone = train_alone_and_twins(cfgs, tmp_path, monkeypatch)
     assert [s["status"] for s in alone] == ["finished", "finished", "diverged", "finished"]
-    for i, (f, a) in enumerate(zip(fused, alone, strict=True)):
+    for i, (f, a) in enumerate(zip(stacked, alone, strict=True)):
         assert (f["status"], f["steps"], f["diverged_at"], f["identity"]) == \
                (a["status"], a["steps"], a["diverged_at"], a["identity"])
-        assert f["fused"] == 4 and a["fused"] == 1
-        stack, twin = deviations(tmp_path, "fused", "alone", i), deviations(tmp_path, "twin", "alone", i)
+        assert f["stack_size"] == 4 and a["stack_size"] == 1
+        stack, twin = deviations(tmp_path, "stacked", "alone", i), deviations(tmp_path, "twin", "alone", i)
         assert not strays(stack, twin), (i, stack, twin)
-        config = [(tmp_path / f"{kind}{i}" / "config.yaml").read_text() for kind in ("fused", "alone")]
+        config = [(tmp_path / f"{kind}{i}" / "config.yaml").read_text() for kind in ("stacked", "alone")]
         assert config[0] == config[1]
 
 
@@ -134,13 +134,13 @@ def test_a_broken_stack_strays_further_than_rounding(data_root, tmp_path, monkey
     method, wrap = BUGS[bug]
     with monkeypatch.context() as m:
         m.setattr(StackedMLP, method, wrap(getattr(StackedMLP, method)))
-        train_runs(cfgs, [str(tmp_path / f"fused{i}") for i in range(len(cfgs))])
+        train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
     assert all(s["status"] == "finished" for s in alone)
-    assert any(strays(deviations(tmp_path, "fused", "alone", i), deviations(tmp_path, "twin", "alone", i))
+    assert any(strays(deviations(tmp_path, "stacked", "alone", i), deviations(tmp_path, "twin", "alone", i))
                for i in range(len(cfgs)))
 
 
-def test_interrupted_stack_resumes_fused_or_alone(data_root, tmp_path, monkeypatch):
+def test_interrupted_stack_resumes_stacked_or_alone(data_root, tmp_path, monkeypatch):
     """A stack killed after its step-100 checkpoints resumes, as a stack or run by run, to the same numbers."""
     cfgs = [make_cfg(data_root, tmp_path, ["norm=batch", *SHARED, *m]) for m in (MEMBERS[0], MEMBERS[1])]
     whole = train_runs(cfgs, [str(tmp_path / "whole0"), str(tmp_path / "whole1")])
@@ -161,7 +161,7 @@ def test_interrupted_stack_resumes_fused_or_alone(data_root, tmp_path, monkeypat
     again = train_runs(cfgs, [str(tmp_path / "cut0"), str(tmp_path / "cut1")])
     alone = [train(c, str(tmp_path / f"single{i}")) for i, c in enumerate(cfgs)]
     for i in range(len(cfgs)):
-        assert again[i]["resumed"] and alone[i]["resumed"] and alone[i]["fused"] == 1
+        assert again[i]["resumed"] and alone[i]["resumed"] and alone[i]["stack_size"] == 1
         assert [r["step"] for r in read_jsonl(tmp_path / f"cut{i}" / "metrics.jsonl")] == list(range(0, 301, 50))
         # the stack resumed is the stack uninterrupted, bit for bit; alone, to float rounding
         assert history(tmp_path / f"cut{i}") == history(tmp_path / f"whole{i}")
@@ -172,29 +172,29 @@ def test_interrupted_stack_resumes_fused_or_alone(data_root, tmp_path, monkeypat
 
 def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     base = make_cfg(data_root, tmp_path)
-    assert fuse_key(base) is not None
-    assert fuse_key(make_cfg(data_root, tmp_path, ["optim.lr=0.7", "seed=4", "model.dropout=0.2"])) == fuse_key(base)
-    assert fuse_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != fuse_key(base)
-    assert fuse_key(make_cfg(data_root / "elsewhere", tmp_path)) != fuse_key(base)  # a stack loads its data once
+    assert stack_key(base) is not None
+    assert stack_key(make_cfg(data_root, tmp_path, ["optim.lr=0.7", "seed=4", "model.dropout=0.2"])) == stack_key(base)
+    assert stack_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != stack_key(base)
+    assert stack_key(make_cfg(data_root / "elsewhere", tmp_path)) != stack_key(base)  # a stack loads its data once
     for alone in (["norm=layer"], ["model=cnn"], ["trainer.moment_units=2"], ["wandb.mode=offline"]):
-        assert fuse_key(make_cfg(data_root, tmp_path, alone)) is None, alone
+        assert stack_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
 
 @pytest.mark.slow
-def test_fusing_launcher_writes_ordinary_run_directories(data_root, tmp_path):
+def test_stacking_launcher_writes_ordinary_run_directories(data_root, tmp_path):
     common = ["bnlab.train", "-m", f"data.root={data_root}", "data.download=false", "trainer.steps=40",
               "trainer.eval_every=20", "trainer.probe_every=20", "trainer.progress=false", "hydra.launcher.n_jobs=2",
               "norm=none,batch", "optim.lr=0.1,0.5", "model.dropout=0.0,0.2"]
-    fused = run_cli([*common, f"out_root={tmp_path / 'fused'}"])
-    assert fused.returncode == 0, fused.stderr
-    alone = run_cli([*common, f"out_root={tmp_path / 'alone'}", "hydra.launcher.fuse=false"])
+    stacked = run_cli([*common, f"out_root={tmp_path / 'stacked'}"])
+    assert stacked.returncode == 0, stacked.stderr
+    alone = run_cli([*common, f"out_root={tmp_path / 'alone'}", "hydra.launcher.stack=false"])
     assert alone.returncode == 0, alone.stderr
-    runs = sorted(p.parent.name for p in (tmp_path / "fused" / "cpu" / "adhoc").glob("*/summary.json"))
+    runs = sorted(p.parent.name for p in (tmp_path / "stacked" / "cpu" / "adhoc").glob("*/summary.json"))
     assert len(runs) == 8
     for name in runs:
-        f, a = (tmp_path / kind / "cpu" / "adhoc" / name for kind in ("fused", "alone"))
+        f, a = (tmp_path / kind / "cpu" / "adhoc" / name for kind in ("stacked", "alone"))
         fs, as_ = (json.loads((d / "summary.json").read_text()) for d in (f, a))
-        assert fs["fused"] == 4 and as_["fused"] == 1  # two stacks of 4 (one per norm), one on each worker
+        assert fs["stack_size"] == 4 and as_["stack_size"] == 1  # two stacks of 4 (one per norm), one on each worker
         overrides = [[o for o in (d / ".hydra" / "overrides.yaml").read_text().splitlines() if "out_root" not in o]
                      for d in (f, a)]
         assert overrides[0] == overrides[1] and len(overrides[0]) > 5

@@ -1,12 +1,12 @@
-"""K runs of one sweep trained together as one stacked model: the runs differ only in seed, optimiser, init and
-dropout rate.
+"""The stepping models: what takes one training step of one run (`SingleModel`) or of a stack of K runs
+(`StackedMLP`), behind one interface (`Stepper`), and which runs may share a stack (`stack_key`).
 
 A small MLP step is mostly per-operation overhead, so K models whose weights are stacked into K x out x in
-tensors and multiplied with one `bmm` cost far less than K separate steps. Each member keeps its own
-initialisation (built by the ordinary `build_model` under its own seed), data order, learning rate, momentum,
-weight decay, dropout masks and BN running statistics; `member(k)` hands out member k as an ordinary `Net`, so
-evaluation, probes and checkpoints are the single-run code. Members match the same run trained alone to float
-rounding.
+tensors and multiplied with one `bmm` cost far less than K separate steps. The runs of a stack differ only in
+seed, optimiser, init and dropout rate; each keeps its own initialisation (built by the ordinary `build_model`
+under its own seed), data order, learning rate, momentum, weight decay, dropout masks and BN running statistics;
+`member(k)` hands out member k as an ordinary `Net`, so evaluation, probes and checkpoints are the single-run
+code. Members match the same run trained alone to float rounding.
 
 Only MLPs are stacked, with BN or no normaliser, and not with the moment tracker, which hooks the live training
 forward; every other run trains alone. A run alone draws its dropout masks from the global RNG, which nothing
@@ -18,6 +18,7 @@ on a free view (1, K*width, batch).
 
 import hashlib
 import json
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,74 @@ from torch.func import stack_module_state
 
 from bnlab.config import flatten
 from bnlab.models import Net
+from bnlab.probes import MomentTracker
+
+# The training losses, each averaged (or summed) over a batch.
+LOSSES = {
+    "cross_entropy": lambda out, y: F.cross_entropy(out, y),
+    "mse": lambda out, y: F.mse_loss(out, y),
+    "mse_sum": lambda out, y: F.mse_loss(out, y, reduction="sum"),  # Santurkar's DLN: lr 1e-6 implies a sum
+}
+
+
+class Stepper(Protocol):
+    """What the trainer asks of a model that trains one run or a stack of them; member k is run k."""
+
+    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        """One SGD step of every member on its batch (idx: members x batch): losses, and correct counts."""
+        ...
+
+    def keep(self, members: list[int]) -> None:
+        """Drop every member not listed (one that diverged)."""
+        ...
+
+    def member(self, k: int) -> Net:
+        """Member k as an ordinary Net, its weights as they are now, for evaluation, probes, checkpoints."""
+        ...
+
+    def rng_state(self, k: int) -> torch.Tensor:
+        """The RNG member k's dropout and noise draw from, as a run alone would checkpoint it."""
+        ...
+
+    def optimizer_state(self, k: int) -> dict:
+        """Member k's optimiser as `torch.optim.SGD.state_dict()` gives it."""
+        ...
+
+
+class SingleModel:
+    """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
+
+    def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
+                 tracker: MomentTracker | None):
+        self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
+        self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
+
+    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        x, y = self.train_x.index_select(0, idx[0]), self.train_y.index_select(0, idx[0])
+        if self.tracker:
+            self.tracker.active = True
+        out = self.net(x)
+        if self.tracker:
+            self.tracker.active = False
+        loss = self.loss(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None
+
+    def keep(self, members: list[int]) -> None:
+        pass  # one member: when it diverges, training ends
+
+    def member(self, k: int) -> Net:
+        return self.net
+
+    def rng_state(self, k: int) -> torch.Tensor:
+        return torch.get_rng_state()  # dropout and noise draw from the global RNG
+
+    def optimizer_state(self, k: int) -> dict:
+        return self.opt.state_dict()
+
+
 
 STACKABLE_NORMS = ("none", "batch")
 # What may differ between the members of one stack: their initial weights, their optimiser, their dropout rate.
@@ -34,7 +103,7 @@ MEMBER_KEYS = ("seed", "optim.", "model.init", "model.dropout")
 IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress", "wandb.project")
 
 
-def fuse_key(cfg: DictConfig) -> str | None:
+def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     tc, m = cfg.trainer, cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
@@ -46,7 +115,7 @@ def fuse_key(cfg: DictConfig) -> str | None:
     return hashlib.sha1(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-# Per-member losses of K x batch x outputs, reduced as `probes.LOSSES` reduces one model's.
+# Per-member losses of K x batch x outputs, reduced as `LOSSES` reduces one model's.
 STACKED_LOSSES = {
     "cross_entropy": lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
     .view(y.shape).mean(1),

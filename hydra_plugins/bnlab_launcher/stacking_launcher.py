@@ -1,9 +1,9 @@
 """bnlab's sweep launcher: Hydra's joblib launcher, with compatible runs trained together as one stack.
 
-Runs whose configs differ only in seed and optimiser (`bnlab.fused.fuse_key`) go to one worker as a group and
+Runs whose configs differ only in seed and optimiser (`bnlab.stack.stack_key`) go to one worker as a group and
 train as a stacked model; every other run is an ordinary job. Each run still gets its own Hydra job directory
 (.hydra/, the override-named folder) and its own bnlab run files, as if it had trained alone.
-`hydra.launcher.fuse=false` launches every run alone.
+`hydra.launcher.stack=false` launches every run alone.
 """
 
 import logging
@@ -27,20 +27,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FusingLauncherConf(JobLibLauncherConf):
-    _target_: str = "hydra_plugins.bnlab_launcher.fusing_launcher.FusingLauncher"
-    fuse: bool = True  # train runs that differ only in seed and optimiser as one stacked model
-    max_fused: int = 32  # per-model speed stops growing around here (K = 16-64 measured alike)
+class StackingLauncherConf(JobLibLauncherConf):
+    _target_: str = "hydra_plugins.bnlab_launcher.stacking_launcher.StackingLauncher"
+    stack: bool = True  # train runs that differ only in seed and optimiser as one stacked model
+    max_stack: int = 32  # per-model speed stops growing around here (K = 16-64 measured alike)
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=FusingLauncherConf,
+ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=StackingLauncherConf,
                              provider="bnlab")
 
 
-class FusingLauncher(JoblibLauncher):
-    def __init__(self, fuse: bool = True, max_fused: int = 32, **joblib: Any) -> None:
+class StackingLauncher(JoblibLauncher):
+    def __init__(self, stack: bool = True, max_stack: int = 32, **joblib: Any) -> None:
         super().__init__(**joblib)
-        self.fuse, self.max_fused = fuse, max_fused
+        self.stack, self.max_stack = stack, max_stack
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         from bnlab.train import preflight
@@ -56,8 +56,8 @@ class FusingLauncher(JoblibLauncher):
                                 for idx, overrides in enumerate(job_overrides, start=initial_job_idx))
             configs, keys = zip(*composed, strict=True)
             preflight(list(configs))  # an invalid config or missing data: one message, not a traceback per job
-            groups = self._groups(keys) if self.fuse else [[i] for i in range(len(configs))]
-            log.info(f"Launching {len(configs)} runs as {len(groups)} jobs (fuse={self.fuse}) on "
+            groups = self._groups(keys) if self.stack else [[i] for i in range(len(configs))]
+            log.info(f"Launching {len(configs)} runs as {len(groups)} jobs (stack={self.stack}) on "
                      f"{joblib.get('n_jobs')} workers; sweep output dir: {self.config.hydra.sweep.dir}")
             results = parallel(delayed(_execute_group)([configs[i] for i in group], self.hydra_context,
                                                        self.task_function, singleton_state)
@@ -78,7 +78,7 @@ class FusingLauncher(JoblibLauncher):
             else:
                 by_key[key].append(i)
         workers = max(1, int(self.joblib.get("n_jobs") or 1))
-        size = max(1, min(self.max_fused, math.ceil(sum(map(len, by_key.values())) / workers)))
+        size = max(1, min(self.max_stack, math.ceil(sum(map(len, by_key.values())) / workers)))
         for members in by_key.values():
             chunks = math.ceil(len(members) / size)
             groups += [members[c::chunks] for c in range(chunks)]  # interleaved: fast and slow runs mixed
@@ -87,7 +87,7 @@ class FusingLauncher(JoblibLauncher):
 
 def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_state) -> tuple[DictConfig, str | None]:
     """In a worker: one job's config, composed as Hydra's joblib launcher composes it, and its stack key."""
-    from bnlab.fused import fuse_key
+    from bnlab.stack import stack_key
 
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -98,7 +98,7 @@ def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_s
     task_cfg = sweep_config.copy()
     with open_dict(task_cfg):
         del task_cfg["hydra"]
-    return sweep_config, fuse_key(task_cfg)
+    return sweep_config, stack_key(task_cfg)
 
 
 def _execute_group(configs: list[DictConfig], hydra_context, task_function, singleton_state) -> list[JobReturn]:
