@@ -21,6 +21,10 @@ OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b), replace=T
 OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 
 
+class ConfigError(ValueError):
+    """A config that type-checks but cannot run; the message says which key and what to use."""
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"  # mnist | cifar10 | gaussian_linear | gaussian_identity (synthetic)
@@ -151,8 +155,25 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 import hydra_plugins.bnlab_launcher.stacking_launcher  # noqa: E402, F401
 
 # Keys that say where or how a run executes, not what it computes: they never change its identity.
-NON_SEMANTIC = ("data.root", "data.download", "data.verify", "trainer.progress", "wandb", "out_root", "claims",
-                "experiment", "hydra")
+# What a config key (a name, or every name below it) is to a run, in one place. A key not listed here makes the
+# run's numbers: it is part of the run's identity and equal for every run of a stack.
+#   source: where the run reads its data -- not its identity; one for a whole stack, which loads the data once
+#   output: where it writes             -- not its identity; free within a stack
+#   report: how it reports, which sweep  -- not its identity; free within a stack
+#   member: what varies within a stack   -- part of its identity (own seed, optimiser, init, dropout)
+KEY_ROLES = {
+    "data.root": "source", "data.download": "source", "data.verify": "source",
+    "out_root": "output",
+    "trainer.progress": "report", "wandb": "report", "claims": "report", "experiment": "report", "hydra": "report",
+    "seed": "member", "optim": "member", "model.init": "member", "model.init_std": "member",
+    "model.init_mean": "member", "model.dropout": "member",
+}
+
+
+def role(key: str) -> str | None:
+    """The role of a flattened key ('optim.lr' is 'member'); None: it makes the run's numbers."""
+    return next((r for name, r in KEY_ROLES.items() if key == name or key.startswith(name + ".")), None)
+
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -181,5 +202,5 @@ def run_identity(cfg: DictConfig) -> str:
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     defaults = _schema_defaults()
     kept = {k: v for k, v in values.items()
-            if not any(k == n or k.startswith(n + ".") for n in NON_SEMANTIC) and defaults.get(k, ...) != v}
+            if role(k) in (None, "member") and defaults.get(k, ...) != v}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -14,6 +14,8 @@ import torch
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
+from bnlab.config import ConfigError
+
 # What torchvision expects under data.root, per dataset: (sub-folder, files).
 EXPECTED_FILES = {
     "mnist": ("MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -192,3 +194,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def load(d) -> Dataset:
+    """The dataset a run's `data` config names, as the trainer and the analyses read it (data.train_size: the
+    first n training examples, the same for every run and seed)."""
+    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
+    if d.train_size:
+        data.train = Split(data.train.x[:d.train_size], data.train.y[:d.train_size])
+    return data
+
+
+class BatchOrder:
+    """Fixed-size batches from seeded per-epoch permutations; its whole state fits in a checkpoint.
+
+    With `classes` > 0 the batches are not i.i.d. (Ioffe 2017, §4.2): the permutation is reordered so that each
+    batch holds `classes` classes, batch_size / classes examples of each, the classes of a batch drawn at random."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, labels: torch.Tensor | None = None, classes: int = 0):
+        if batch_size > n:
+            raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {n} training examples")
+        if classes and (labels is None or batch_size % classes):
+            raise ConfigError(f"trainer.classes_per_batch={classes} must divide trainer.batch_size={batch_size} "
+                              "and needs a labelled dataset")
+        # `class_count`, not `classes`: pickled by value (as the sweep launcher pickles python -m bnlab.train),
+        # cloudpickle takes an attribute named like a torch submodule (torch.classes) for an import of it
+        self.n, self.batch_size, self.labels, self.class_count = n, batch_size, labels, classes
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = self._epoch(), 0
+
+    def _epoch(self) -> torch.Tensor:
+        perm = torch.randperm(self.n, generator=self.gen)
+        if not self.class_count:
+            return perm
+        # runs of batch_size / classes examples of one class, then the runs shuffled and dealt into batches
+        share = self.batch_size // self.class_count
+        runs = [chunk for c in torch.unique(self.labels)
+                for chunk in perm[self.labels[perm] == c].split(share) if len(chunk) == share]
+        dealt = torch.randperm(len(runs), generator=self.gen)
+        return torch.cat([runs[i] for i in dealt])
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail: BN statistics need full batches
+            self.perm, self.pos = self._epoch(), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], s["pos"]

@@ -91,6 +91,13 @@ def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int
     return Net(blocks, head, conv=model_cfg.arch == "cnn")
 
 
+def init_model(model_cfg: DictConfig, norm_cfg: DictConfig, seed: int, in_shape: tuple[int, ...],
+               classes: int) -> Net:
+    """The network a run with this seed starts from: the global RNG seeded, then built."""
+    torch.manual_seed(seed)
+    return build_model(model_cfg, norm_cfg, in_shape, classes)
+
+
 # Here, not in the trainer: `python -m bnlab.train` runs the trainer as __main__, whose functions the sweep
 # launcher pickles by value, and torch.backends cannot be pickled.
 DEVICES = ("auto", "cpu", "cuda", "mps")

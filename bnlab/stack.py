@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import stack_module_state
 
-from bnlab.config import flatten
+from bnlab.config import flatten, role
 from bnlab.models import Net
 from bnlab.probes import MomentTracker
 
@@ -97,10 +97,6 @@ class SingleModel:
 
 
 STACKABLE_NORMS = ("none", "batch")
-# What may differ between the members of one stack: their initial weights, their optimiser, their dropout rate.
-MEMBER_KEYS = ("seed", "optim.", "model.init", "model.dropout")
-# What does not matter to a stack: where runs write, how they report. (data.root does: the stack loads it once.)
-IGNORED_KEYS = ("out_root", "claims", "experiment", "hydra", "trainer.progress", "wandb.project")
 
 
 def stack_key(cfg: DictConfig) -> str | None:
@@ -110,8 +106,7 @@ def stack_key(cfg: DictConfig) -> str | None:
             or tc.moment_units or cfg.wandb.mode != "disabled"):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    shared = {k: v for k, v in values.items() if not k.startswith(MEMBER_KEYS)
-              and not any(k == n or k.startswith(n + ".") for n in IGNORED_KEYS)}
+    shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES
     return hashlib.sha1(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

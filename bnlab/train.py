@@ -25,17 +25,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bnlab.config import run_identity
-from bnlab.data import EXPECTED_FILES, DataError, Dataset, Split, ensure_files, load_dataset
-from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, build_model, resolve_device, use_device
+from bnlab.config import ConfigError, run_identity
+from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
+from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, init_model, resolve_device, use_device
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
 from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
 from bnlab.stack import LOSSES, SingleModel, StackedMLP, stack_key
-
-
-class ConfigError(ValueError):
-    """A config that type-checks but cannot run; the message says which key and what to use."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -72,50 +68,6 @@ def validate(cfg: DictConfig) -> None:
                           "or a per-example normaliser (norm=none)")
 
 
-class BatchOrder:
-    """Fixed-size batches from seeded per-epoch permutations; its whole state fits in a checkpoint.
-
-    With `classes` > 0 the batches are not i.i.d. (Ioffe 2017, §4.2): the permutation is reordered so that each
-    batch holds `classes` classes, batch_size / classes examples of each, the classes of a batch drawn at random."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, labels: torch.Tensor | None = None, classes: int = 0):
-        if batch_size > n:
-            raise ConfigError(f"trainer.batch_size={batch_size} exceeds the {n} training examples")
-        if classes and (labels is None or batch_size % classes):
-            raise ConfigError(f"trainer.classes_per_batch={classes} must divide trainer.batch_size={batch_size} "
-                              "and needs a labelled dataset")
-        # not `self.classes`: the sweep launcher pickles this class by value, and cloudpickle takes an attribute
-        # named like a torch submodule (torch.classes) for an import of it
-        self.n, self.batch_size, self.labels, self.class_count = n, batch_size, labels, classes
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = self._epoch(), 0
-
-    def _epoch(self) -> torch.Tensor:
-        perm = torch.randperm(self.n, generator=self.gen)
-        if not self.class_count:
-            return perm
-        # runs of batch_size / classes examples of one class, then the runs shuffled and dealt into batches
-        share = self.batch_size // self.class_count
-        runs = [chunk for c in torch.unique(self.labels)
-                for chunk in perm[self.labels[perm] == c].split(share) if len(chunk) == share]
-        dealt = torch.randperm(len(runs), generator=self.gen)
-        return torch.cat([runs[i] for i in dealt])
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > len(self.perm):  # drop the ragged tail: BN statistics need full batches
-            self.perm, self.pos = self._epoch(), 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.gen.set_state(s["gen"])
-        self.perm, self.pos = s["perm"], s["pos"]
-
-
 @torch.no_grad()
 def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float | None]:
     """Loss and accuracy in eval mode (running statistics), the way a deployed model is scored.
@@ -138,14 +90,6 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[f
     if loss == "cross_entropy":
         return total / len(x), correct / len(x)
     return (total if loss == "mse_sum" else total / y.numel()), None
-
-
-def _dataset(cfg: DictConfig) -> Dataset:
-    d = cfg.data
-    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
-    if d.train_size:  # the first n examples: the same small training set for every run and seed
-        data.train = Split(data.train.x[:d.train_size], data.train.y[:d.train_size])
-    return data
 
 
 def due(step: int, every: int) -> bool:
@@ -362,7 +306,7 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
             m.run.prepare(m.cfg)
             ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
             m.checkpoint = ck if ck is not None and ck["identity"] == m.identity else None  # another config's: dropped
-        data = _dataset(cfg)
+        data = load(cfg.data)
         # runs resumed from different steps (an earlier partial sweep) catch up as separate stacks
         for _, group in itertools.groupby(sorted(pending, key=_start_step), key=_start_step):
             _train_stack(list(group), data)
@@ -388,8 +332,7 @@ def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.devi
     tc, nets, opts, tracker = sc.tc, [], [], None
     for m in members:
         oc = OmegaConf.to_object(m.cfg.optim)
-        torch.manual_seed(m.cfg.seed)
-        net = build_model(m.cfg.model, m.cfg.norm, data.shape, data.num_classes).to(device)
+        net = init_model(m.cfg.model, m.cfg.norm, m.cfg.seed, data.shape, data.num_classes).to(device)
         if m.cfg.model.arch == "cnn":
             net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
         opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
@@ -483,15 +426,21 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
         m.finish(len(members), device)
 
 
-def run_job(cfg: DictConfig, out_dir: str) -> dict:
-    """`train` with the failure recorded: status and traceback land in the run directory, then it re-raises."""
+def run_jobs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
+    """The entry point for a run or a stack of them (the CLI's and the launcher's): train, print each result;
+    on a failure every run's status and traceback land in its directory, then it re-raises."""
     try:
-        return train(cfg, out_dir)
+        summaries = train_runs(cfgs, out_dirs)
     except (KeyboardInterrupt, ConfigError):
         raise
     except Exception:
-        record_failure(cfg, out_dir, traceback.format_exc())
+        text = traceback.format_exc()
+        for cfg, out_dir in zip(cfgs, out_dirs, strict=True):
+            record_failure(cfg, out_dir, text)
         raise
+    for out_dir, summary in zip(out_dirs, summaries, strict=True):
+        print_result(out_dir, summary)
+    return summaries
 
 
 def record_failure(cfg: DictConfig, out_dir: str, text: str) -> None:
@@ -502,7 +451,7 @@ def record_failure(cfg: DictConfig, out_dir: str, text: str) -> None:
                            "seed": cfg.seed, "error": text.strip().splitlines()[-1], **environment()})
 
 
-def report(out_dir: str, summary: dict) -> None:
+def print_result(out_dir: str, summary: dict) -> None:
     acc = summary.get("final_test_acc")
     print(f"[bnlab] {out_dir}: {summary['status']} after {summary['steps']} steps"
           + (f", test acc {acc:.4f}" if acc is not None else "")
@@ -549,8 +498,7 @@ class Preflight(Callback):
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
-    out_dir = HydraConfig.get().runtime.output_dir
-    report(out_dir, run_job(cfg, out_dir))
+    run_jobs([cfg], [HydraConfig.get().runtime.output_dir])
 
 
 if __name__ == "__main__":

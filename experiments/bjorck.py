@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from bnlab import collect, plots
 from bnlab.analysis import best_lr, done, final_score, ratio, score, select
 from bnlab.claims import Context, Finding
-from bnlab.data import load_dataset
-from bnlab.models import build_model
+from bnlab.data import load
+from bnlab.models import init_model
 from bnlab.probes import relative_loss, weight_grad_norms
 from bnlab.stack import LOSSES
 
@@ -23,16 +23,15 @@ def one_step_curves(ctx: Context, seeds: list[int]) -> tuple[dict, dict]:
     """Relative loss after one gradient step at initialisation, per arm and seed, on one fixed batch; and the
     weight gradients' norms, layer by layer, that the step is taken along."""
     d = ctx.cfg.data
-    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess)
+    data = load(d)
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train.x), generator=gen)[:int(ctx.cfg.claims.B3_one_step_blowup.params.batch)]
     x, y = data.train.x[idx], data.train.y[idx]
     curves, grad_norms = {}, {}
     for arm in ARMS:
         for seed in seeds:
-            torch.manual_seed(seed)  # the same initialisation as the run with this seed
             norm = OmegaConf.merge(ctx.cfg.norm, {"name": arm})
-            model = build_model(ctx.cfg.model, norm, data.shape, data.num_classes)
+            model = init_model(ctx.cfg.model, norm, seed, data.shape, data.num_classes)  # the run's own start
             curves[arm, seed] = relative_loss(model, x, y, LOSSES["cross_entropy"], ETAS)
             grad_norms[arm, seed] = weight_grad_norms(model, x, y, LOSSES["cross_entropy"])
     return curves, grad_norms

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from bnlab import plots
 from bnlab.analysis import done
 from bnlab.claims import Context, Finding
-from bnlab.data import load_dataset
+from bnlab.data import load
 from bnlab.models import build_model
 from bnlab.probes import frozen
 
@@ -31,7 +31,7 @@ def batch_statistics_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: in
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     d = ctx.cfg.data
-    data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess)
+    data = load(d)
     x, y = data.test.x, data.test.y
     by_class = torch.argsort(y, stable=True)  # class-sorted batches: the non-i.i.d. case
     rows = []

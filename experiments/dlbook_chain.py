@@ -5,13 +5,12 @@ import math
 
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import OmegaConf
 
 from bnlab import collect, plots
 from bnlab.claims import Context, Finding
-from bnlab.data import load_dataset
-from bnlab.models import build_model
+from bnlab.data import load
+from bnlab.models import init_model
 from bnlab.probes import first_order_check
 
 ARMS = ("none", "batch")
@@ -20,13 +19,12 @@ ARMS = ("none", "batch")
 def init_checks(ctx: Context, depths: list[int], init_means: list[float], seeds: list[int]) -> pd.DataFrame:
     """The one-step first-order check at initialisation, for each depth, arm, init mean and seed."""
     d = ctx.cfg.data
-    x = load_dataset(d.name, d.root, n_samples=d.n_samples, dim=d.dim).train.x
+    x = load(d).train.x
     rows = []
     for depth, arm, mean, seed in itertools.product(depths, ARMS, init_means, seeds):
         model_cfg = OmegaConf.merge(ctx.cfg.model, {"depth": depth, "init_mean": mean})
         norm_cfg = OmegaConf.merge(ctx.cfg.norm, {"name": arm})
-        torch.manual_seed(seed)  # the initialisation of the run with this seed
-        check = first_order_check(build_model(model_cfg, norm_cfg, (d.dim,), d.dim), x)
+        check = first_order_check(init_model(model_cfg, norm_cfg, seed, (d.dim,), d.dim), x)  # the run's start
         grads = check["weight_grad_norms"]
         # the share of the whole gradient that reaches the lower layers' weights w_1 .. w_{l-1}
         rows.append({"layers": depth + 1, "arm": arm, "init_mean": mean, "seed": seed, "ratio": check["ratio"],

@@ -93,7 +93,7 @@ def test_identity_teacher_keeps_the_inputs_and_targets_them():
 
 
 def test_non_iid_batches_hold_the_declared_classes_and_every_example_once_an_epoch():
-    from bnlab.train import BatchOrder
+    from bnlab.data import BatchOrder
 
     labels = torch.arange(10).repeat_interleave(40)  # 10 classes x 40 examples
     order = BatchOrder(len(labels), 20, seed=3, labels=labels, classes=2)
@@ -109,7 +109,7 @@ def test_non_iid_batches_hold_the_declared_classes_and_every_example_once_an_epo
 
 
 def test_train_size_trains_on_the_first_examples(data_root, tmp_path):
-    from bnlab.train import _dataset
+    from bnlab.data import load
 
-    full, small = (_dataset(make_cfg(data_root, tmp_path, o)) for o in ([], ["data.train_size=100"]))
+    full, small = (load(make_cfg(data_root, tmp_path, o).data) for o in ([], ["data.train_size=100"]))
     assert torch.equal(small.train.x, full.train.x[:100]) and torch.equal(small.test.x, full.test.x)

@@ -167,3 +167,16 @@ def test_the_report_goes_to_wandb_as_one_artifact(tmp_path, monkeypatch):
     [record] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     data = record.read_bytes()
     assert b"bnlab-report-smoke" in data and b"REPORT.md" in data and b"figures/fig1_a.png" in data
+
+
+def test_run_directory_names_leave_out_exactly_the_keys_that_name_no_job():
+    """train.yaml's exclude_keys (what a run directory's name leaves out) agree with config.KEY_ROLES: each is a
+    key that does not make the run's numbers (or the scale, which the path names), and every such key a user
+    sets on the command line is left out."""
+    from bnlab.config import role
+
+    _, excluded = sweep_jobs("fig1", "cpu")
+    assert all(role(k) in ("source", "output", "report") for k in excluded - {"scale", "hydra.launcher.n_jobs"})
+    assert {"data.root", "data.download", "data.verify", "out_root", "trainer.progress", "wandb.mode",
+            "wandb.project", "experiment"} <= excluded
+    assert role("optim.lr") == role("model.init_std") == "member" and role("model.width") is None

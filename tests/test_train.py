@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bnlab.runlog import atomic_torch_save, read_jsonl
-from bnlab.train import ConfigError, run_job, train
+from bnlab.train import ConfigError, run_jobs, train
 from tests.conftest import make_cfg
 
 STABLE = ("step", "test_loss", "test_acc", "train_loss", "train_acc")  # everything but wall-clock time
@@ -131,13 +131,13 @@ def test_failure_is_recorded_with_traceback(data_root, tmp_path, monkeypatch):
 
     monkeypatch.setattr("bnlab.train.evaluate", boom)
     with pytest.raises(RuntimeError, match="injected fault"):
-        run_job(cfg, str(tmp_path / "run"))
+        run_jobs([cfg], [str(tmp_path / "run")])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["status"] == "failed" and "injected fault" in s["error"]
     assert "Traceback" in (tmp_path / "run" / "error.txt").read_text()
     # A failed run is retried, not counted as done, the next time the sweep comes round.
     monkeypatch.undo()
-    assert run_job(cfg, str(tmp_path / "run"))["status"] == "finished"
+    assert run_jobs([cfg], [str(tmp_path / "run")])[0]["status"] == "finished"
     assert not (tmp_path / "run" / "error.txt").exists()
 
 

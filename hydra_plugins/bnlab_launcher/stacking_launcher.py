@@ -8,7 +8,6 @@ train as a stacked model; every other run is an ordinary job. Each run still get
 
 import logging
 import math
-import traceback
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,7 @@ def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_s
 
 def _execute_group(configs: list[DictConfig], hydra_context, task_function, singleton_state) -> list[JobReturn]:
     """In a worker: one run through Hydra's own `run_job`; a group through `run_job` for its directories,
-    then `bnlab.train.train_runs` for the training of all its runs together."""
+    then `bnlab.train.run_jobs` for the training of all its runs as one stack."""
     setup_globals()
     Singleton.set_state(singleton_state)
 
@@ -114,19 +113,16 @@ def _execute_group(configs: list[DictConfig], hydra_context, task_function, sing
 
     if len(configs) == 1:
         return [job(configs[0], task_function)]
-    from bnlab.train import record_failure, report, train_runs
+    from bnlab.train import run_jobs
 
     prepared = [job(c, lambda cfg: (cfg, HydraConfig.get().runtime.output_dir)) for c in configs]
     cfgs, dirs = zip(*(r.return_value for r in prepared), strict=True)
     try:
-        summaries = train_runs(list(cfgs), list(dirs))
+        summaries = run_jobs(list(cfgs), list(dirs))
     except Exception as e:
-        text = traceback.format_exc()
-        for cfg, out_dir, ret in zip(cfgs, dirs, prepared, strict=True):
-            record_failure(cfg, out_dir, text)
+        for ret in prepared:
             ret.status, ret._return_value = JobStatus.FAILED, e
         return prepared
-    for out_dir, summary, ret in zip(dirs, summaries, prepared, strict=True):
-        report(out_dir, summary)
+    for summary, ret in zip(summaries, prepared, strict=True):
         ret.return_value = summary
     return prepared
