@@ -51,10 +51,9 @@ def converged_lr(runs: pd.DataFrame, level: float) -> float:
     return float(ok.index.min()) if len(ok) else math.nan
 
 
-def analyze(ctx: Context) -> list[Finding]:
-    runs = done(ctx.runs)
-    seeds = sorted(int(s) for s in runs.seed.unique())
-    steps, grad_norms = one_step_curves(ctx, seeds)
+def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_norms: dict):
+    """Accuracy against the learning rate; the one-step loss ratio against the step size; the activations' and
+    the weight gradients' scale by depth at initialisation."""
     fig, ax = plots.subplots(4, width=3.3)
     for arm in ARMS:
         r = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
@@ -84,7 +83,14 @@ def analyze(ctx: Context) -> list[Finding]:
                  title="gradient at initialisation")
     for a in ax[0]:
         a.legend(fontsize=7)
-    fig_path = plots.save(fig, ctx.figure_path("lr_onestep_depth"))
+    return fig
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    seeds = sorted(int(s) for s in runs.seed.unique())
+    steps, grad_norms = one_step_curves(ctx, seeds)
+    fig_path = plots.save(draw(ctx, runs, seeds, steps, grad_norms), ctx.figure_path("lr_onestep_depth"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
     layers = range(len(grad_norms[ARMS[0], seeds[0]]))
