@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"  # Hydra's config files: train.yaml and its groups
 # Paths in configs are anchored here, never at the working directory.
 OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT), replace=True)
 # Arithmetic for configs that tie one value to another (steps per epoch, linearly scaled learning rates).

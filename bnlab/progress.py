@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bnlab.report import experiment_config, experiment_names, sweep_jobs
+from bnlab.sweeps import experiment_config, experiment_names, sweep_jobs
 
 
 def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, int]:

@@ -9,86 +9,18 @@ sanity checks (`kind: check`) apart, and lists every amended criterion beside it
 """
 
 import argparse
-import copy
 import importlib
-import itertools
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bnlab import collect, plots
 from bnlab.archive import archive_path, unpack
 from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates
-from bnlab.config import REPO_ROOT, run_identity
+from bnlab.config import REPO_ROOT
 from bnlab.runlog import atomic_write_text
-
-CONFIG_DIR = REPO_ROOT / "configs"
-
-
-def experiment_names() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-
-
-def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictConfig:
-    """The experiment's composed config. A sweep override (seed=range(5,10), optim.lr=0.1,0.3) names jobs, not
-    the config: `sweep_jobs` takes it, compose leaves it out."""
-    parser = OverridesParser.create()
-    plain = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain])
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def sweep_jobs(name: str, scale: str, overrides: list[str] = ()) -> tuple[set[frozenset[str]], set[str]]:
-    """The jobs that `python -m bnlab.train experiment=<name> scale=<scale> <overrides>` launches, each as the set
-    of overrides that names its run directory, and the keys that such names leave out. Expanded as Hydra's basic
-    sweeper does: the experiment's sweep params, then the given overrides, which replace a param of their key."""
-    plain = [o for o in overrides if not OverridesParser.create().parse_override(o).is_sweep_override()]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain], return_hydra_config=True)
-    params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()]
-    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-    choices = {}
-    for o in OverridesParser.create().parse_overrides([*params, *overrides]):
-        key = o.get_key_element()
-        values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
-        choices[key] = [f"{key}={v}" for v in values]
-    named = [v for k, v in choices.items() if _key(k) not in excluded]
-    return {frozenset(job) for job in itertools.product(*named)}, excluded
-
-
-def job_name(job_overrides: tuple[str, ...] | None, excluded: set[str]) -> frozenset[str] | None:
-    """The overrides that name a run's directory, as `sweep_jobs` lists a job (None: no record of them)."""
-    return None if job_overrides is None else frozenset(o for o in job_overrides if _key(o) not in excluded)
-
-
-def in_sweep(name: frozenset[str] | None, jobs: set[frozenset[str]]) -> bool:
-    """Was the run of this `job_name` one of the sweep's jobs? A run without Hydra's record of its overrides counts."""
-    return name is None or name in jobs
-
-
-def job_identities(name: str, scale: str, jobs: set[frozenset[str]]) -> dict[frozenset[str], str]:
-    """The identity (`config.run_identity`) that `train` gives each job under the config files as they are now.
-    One Hydra compose per combination of config-group choices (~0.2 s each); the job's other overrides are set
-    on a copy of it, as Hydra sets them after composing, so a grid of rates and seeds costs one compose."""
-    parser, composed, out = OverridesParser.create(), {}, {}
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        for job in jobs:
-            groups = tuple(sorted(o for o in job if (CONFIG_DIR / _key(o)).is_dir()))
-            if groups not in composed:
-                composed[groups] = compose("train", overrides=[f"experiment={name}", f"scale={scale}", *groups])
-            cfg = copy.deepcopy(composed[groups])
-            for o in parser.parse_overrides(sorted(job - set(groups))):
-                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
-            out[job] = run_identity(cfg)
-    return out
-
+from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, sweep_jobs
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 

@@ -25,9 +25,9 @@ from torchvision import datasets, transforms
 from bnlab.config import REPO_ROOT, TrainerConfig
 from bnlab.data import _UnverifiedCIFAR10
 from bnlab.models import build_model
-from bnlab.report import experiment_config
 from bnlab.runlog import atomic_write_text
 from bnlab.stack import stack_key
+from bnlab.sweeps import experiment_config
 from bnlab.train import train_runs
 
 WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bnlab.archive import pack
-from bnlab.report import experiment_names, sweep_jobs
+from bnlab.sweeps import experiment_names, sweep_jobs
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def test_report_has_a_row_and_a_figure_for_every_claim(smoke_report):
     out, _, r, _ = smoke_report
     assert r.returncode == 0, r.stderr[-3000:]
     report = (out / "report" / "REPORT.md").read_text()
-    from bnlab.report import experiment_config
+    from bnlab.sweeps import experiment_config
 
     for name in experiment_names():
         for claim in experiment_config(name, "smoke").claims:

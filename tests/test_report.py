@@ -11,7 +11,7 @@ from bnlab import collect
 from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
 from bnlab.claims import Finding, claim_verdict, replicates, verdict
 from bnlab.config import run_identity
-from bnlab.report import experiment_config, in_sweep, job_identities, job_name, sweep_jobs
+from bnlab.sweeps import experiment_config, in_sweep, job_identities, job_name, sweep_jobs
 
 
 def fake_run(root, name, lr, norm, seed, status, acc=None, curve=()):
