@@ -89,7 +89,7 @@ def layer_cells(runs: pd.DataFrame, arm: str, reference: str, value, combine=lam
     for a, b in seed_pairs(runs, arm, reference):
         va, vb = value(a), value(b)
         for k in sorted(set(va) & set(vb)):
-            cells.setdefault(f"layer {k + 1}", []).append(combine(va[k], vb[k]))
+            cells.setdefault(f"layer {int(k) + 1}", []).append(combine(va[k], vb[k]))
     return cells
 
 

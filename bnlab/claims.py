@@ -134,7 +134,7 @@ def claim_verdict(finding: Finding, threshold: float, direction: str, rule: str 
 
 
 def replicates(finding: Finding) -> int:
-    """The fewest measured replicates in any cell."""
-    counts = [len(measured(v)) for v in finding.cells().values()]
+    """The fewest measured replicates in any cell that was measured at all."""
+    counts = [n for n in (len(measured(v)) for v in finding.cells().values()) if n]
     return min(counts) if counts else 0
 

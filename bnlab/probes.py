@@ -117,6 +117,12 @@ def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[t
     return loss.item(), torch.autograd.grad(loss, params)
 
 
+def _all_grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple:
+    """(the RNG to replay, every parameter, the loss, its gradient) at the model's current weights."""
+    rng, params = rng_state(), list(model.parameters())
+    return (rng, params, *_grads(model, x, y, loss_fn, params, rng))
+
+
 def _weights(model: Net) -> list[torch.Tensor]:
     """Every linear map's weight, input to output: the hidden layers', then the head's."""
     return [b.linear.weight for b in model.blocks] + [model.head.weight]
@@ -140,9 +146,7 @@ def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_
     rows = []
     with frozen(model):
         model.train()
-        rng = rng_state()
-        params = list(model.parameters())
-        _, grads = _grads(model, x, y, loss_fn, params, rng)
+        rng, params, _, grads = _all_grads(model, x, y, loss_fn)
         grad_of = dict(zip(map(id, params), grads, strict=True))
         for i in layers:
             weight = model.blocks[i].linear.weight
@@ -165,9 +169,7 @@ def landscape(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float, 
     rows = []
     with frozen(model):
         model.train()
-        rng = rng_state()
-        params = list(model.parameters())
-        loss0, g = _grads(model, x, y, loss_fn, params, rng)
+        rng, params, loss0, g = _all_grads(model, x, y, loss_fn)
         g_flat = _flat(g)
         gen = torch.Generator().manual_seed(seed)
         rand = [torch.randn(p.shape, generator=gen).to(p.device) for p in params]  # the same on every device
@@ -265,9 +267,7 @@ def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: l
     """Bjorck et al. 2018: L(theta - eta grad L) / L(theta) for each step size eta, on one batch."""
     with frozen(model):
         model.train()
-        rng = rng_state()
-        params = list(model.parameters())
-        loss0, grads = _grads(model, x, y, loss_fn, params, rng)
+        rng, params, loss0, grads = _all_grads(model, x, y, loss_fn)
         saved = [p.detach().clone() for p in params]
         out = []
         for eta in etas:

@@ -19,7 +19,7 @@ from bnlab import collect, plots
 from bnlab.archive import archive_path, unpack
 from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates
 from bnlab.config import REPO_ROOT
-from bnlab.runlog import atomic_write_text
+from bnlab.runlog import DONE, atomic_write_text
 from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, sweep_jobs
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
@@ -87,7 +87,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
         findings: list[Finding] = []
         ctx = Context(name, cfg, runs, out_dir)
         sections.append(f"#### Experiment `{name}`")
-        if len(runs):
+        if len(runs) and runs.status.isin(DONE).any():  # an analysis needs a run that trained to its end
             findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
         for i, fig in enumerate(dict.fromkeys(ctx.figures)):  # the first embedded, every one linked
             link = fig.with_suffix(".png").relative_to(out_dir)

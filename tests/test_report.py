@@ -110,6 +110,7 @@ def test_cells_combine_by_the_declared_rule(cells, rule, expected):
 def test_a_single_cell_claim_has_no_cell_count_and_replicates_count_the_smallest_cell():
     assert claim_verdict(Finding("x", [2.0, 3.0]), 1.0, "ge") == ("reproduced", "")
     assert replicates(Finding("x", {"a": [1, 2, 3], "b": [1, math.nan]})) == 1
+    assert replicates(Finding("x", {"a": [1, 2, 3], "b": []})) == 3  # a cell never measured is not a replicate
 
 
 def test_sweep_jobs_expand_as_hydra_and_name_run_directories():
