@@ -29,12 +29,13 @@ def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.6, height: float =
 
 
 def readable_log_axes(fig) -> None:
-    """A log axis spanning less than a decade gets short labels at 1, 2 and 5 x 10^k: matplotlib's default labels
+    """A log axis spanning under 1.5 decades gets short labels at 1, 2 and 5 x 10^k: matplotlib's default labels
     every minor tick in scientific notation, and they collide."""
     for ax in fig.axes:
         for axis, scale, lim in ((ax.xaxis, ax.get_xscale(), ax.get_xlim()),
                                  (ax.yaxis, ax.get_yscale(), ax.get_ylim())):
-            if scale == "log" and min(lim) > 0 and np.log10(max(lim) / min(lim)) < 1:
+            fixed = isinstance(axis.get_major_locator(), matplotlib.ticker.FixedLocator)  # ticks an analysis chose
+            if scale == "log" and not fixed and min(lim) > 0 and np.log10(max(lim) / min(lim)) < 1.5:
                 axis.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2.0, 5.0)))
                 axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
                 axis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
