@@ -4,6 +4,7 @@ torchvision reads the files once; training then gathers batches by index from th
 about ten times faster on a CPU than a per-sample DataLoader (docs/speed.md).
 """
 
+import dataclasses
 import functools
 import sys
 import warnings
@@ -200,8 +201,8 @@ def load(d) -> Dataset:
     """The dataset a run's `data` config names, as the trainer and the analyses read it (data.train_size: the
     first n training examples, the same for every run and seed)."""
     data = load_dataset(d.name, d.root, d.download, d.verify, d.preprocess, d.n_samples, d.dim)
-    if d.train_size:
-        data.train = Split(data.train.x[:d.train_size], data.train.y[:d.train_size])
+    if d.train_size:  # a new Dataset: load_dataset's is cached for the whole process and must stay whole
+        data = dataclasses.replace(data, train=Split(data.train.x[:d.train_size], data.train.y[:d.train_size]))
     return data
 
 

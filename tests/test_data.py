@@ -113,3 +113,5 @@ def test_train_size_trains_on_the_first_examples(data_root, tmp_path):
 
     full, small = (load(make_cfg(data_root, tmp_path, o).data) for o in ([], ["data.train_size=100"]))
     assert torch.equal(small.train.x, full.train.x[:100]) and torch.equal(small.test.x, full.test.x)
+    # the process-wide cache of the whole dataset is left whole for the next run that loads it
+    assert len(load(make_cfg(data_root, tmp_path).data).train.x) == len(full.train.x) > 100
