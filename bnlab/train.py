@@ -270,10 +270,9 @@ def keep_freed_memory() -> None:
 
     With its defaults glibc maps a tensor of a few megabytes afresh (or trims the heap when freeing leaves enough at
     its top), so a step's activations can fault all their pages in again each step: 1,000-2,800 faults a CNN step
-    in a plain training loop here, 17-30% of its time. Whether the trainer hit this depended on what the process had
-    allocated before (glibc's threshold adapts): measured, MNIST CNN runs' evaluation took 9.0 -> 6.0 s a run
-    (1.17M -> 0.22M faults); MLP and CIFAR-10 runs were unchanged. Numbers are unchanged: same kernels, same
-    64-byte-aligned buffers (all 617 runs of the reproduction at 50ba453 logged bitwise 29ccaed's numbers)."""
+    in a plain training loop, 17-30% of its time. Whether the trainer hit this depends on what the process allocated
+    before (glibc's threshold adapts); MNIST CNN runs' evaluation was where it did (docs/speed.md). Numbers are
+    unchanged: same kernels, same 64-byte-aligned buffers (a whole reproduction logged bitwise the same numbers)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl): its allocator is left as it is
