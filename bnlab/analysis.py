@@ -148,32 +148,6 @@ def final_score(run) -> float:
     return float(run.final_test_acc) if run.status == "finished" else CHANCE
 
 
-def paired_difference(runs: pd.DataFrame, arm: str, reference: str, **where) -> list[float]:
-    """Final test accuracy of `arm` minus `reference` (norm names), in points, paired by learning rate and seed."""
-    runs = select(runs, **where) if where else runs
-    out = []
-    for _, g in runs.groupby(["optim.lr", "seed"]):
-        by_arm = {r["norm.name"]: final_score(r) for _, r in g.iterrows()}
-        if arm in by_arm and reference in by_arm:
-            out.append(100 * (by_arm[arm] - by_arm[reference]))
-    return out
-
-
-def paired_ratio(runs: pd.DataFrame, arm: str, reference: str, value, pair_on=("optim.lr", "seed")) -> list[float]:
-    """value(run of arm) / value(run of reference), paired on the given config columns; value may return a
-    dict (e.g. per layer), in which case the ratios are taken key by key."""
-    out = []
-    for _, g in runs.groupby(list(pair_on)):
-        a, b = select(g, norm__name=arm), select(g, norm__name=reference)
-        if len(a) and len(b):
-            va, vb = value(a.iloc[0]), value(b.iloc[0])
-            if isinstance(va, dict):
-                out += [va[k] / vb[k] for k in va if k in vb and vb[k]]
-            elif vb:
-                out.append(va / vb)
-    return out
-
-
 def probe_median(run, kind: str, column: str, first: float = 0.0, last: float = 1.0, by_layer: bool = False,
                  **where):
     """Median of a probe column over the probes between fractions `first` and `last` of training."""

@@ -3,7 +3,7 @@
 import numpy as np
 
 from bnlab import collect, plots
-from bnlab.analysis import curves, done, paired_difference, select, value_at
+from bnlab.analysis import curves, done, score_difference, select, value_at
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
@@ -44,7 +44,8 @@ def analyze(ctx: Context) -> list[Finding]:
     table = runs.assign(acc=[value_at(c, steps) for c in [collect.metrics(p) for p in runs.path]])
     table = table.groupby(["norm.name", "optim.lr"]).acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, f"CIFAR-10 CNN: test accuracy after {steps} steps (NaN: diverged)")
-    return [Finding("S1_high_lr", paired_difference(runs, "batch", "none", optim__lr=0.5),
+    at = lambda arm, lr: {"norm__name": arm, "optim__lr": lr}  # noqa: E731
+    return [Finding("S1_high_lr", score_difference(runs, at("batch", 0.5), at("none", 0.5)),
                     "BN minus none at lr 0.5, points", fig_path),
-            Finding("S1_low_lr", paired_difference(runs, "batch", "none", optim__lr=0.1),
+            Finding("S1_low_lr", score_difference(runs, at("batch", 0.1), at("none", 0.1)),
                     "BN minus none at lr 0.1, points", fig_path)]

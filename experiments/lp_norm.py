@@ -5,7 +5,7 @@ import functools
 import pandas as pd
 
 from bnlab import figures, plots
-from bnlab.analysis import done, moment_change, paired_difference, per_seed_ratio, select
+from bnlab.analysis import done, moment_change, per_seed_ratio, score_difference, select
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch", "lp1", "lp2", "lpinf")
@@ -31,7 +31,8 @@ def analyze(ctx: Context) -> list[Finding]:
     ctx.write_table("moment_change", table, "Median per-step change of unit moments, ratio to the "
                     f"standard network (lr {lrs[0]:g}, per seed: the median over hidden layers)")
     return [
-        Finding("S8_lp_match", {f"{p}, lr {lr:g}": paired_difference(select(runs, optim__lr=lr), p, "batch")
+        Finding("S8_lp_match", {f"{p}, lr {lr:g}": score_difference(select(runs, optim__lr=lr), {"norm__name": p},
+                                                                   {"norm__name": "batch"})
                                 for p in LP for lr in lrs}, "lp minus BN, final test accuracy, points, per seed",
                 fig_path),
         Finding("S8_lp_shift", {p: shift[p, "var"] for p in LP},

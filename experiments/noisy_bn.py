@@ -1,7 +1,7 @@
 """Santurkar et al. 2018 Fig. 2 and 8: noisy BN trains like BN although its distributions move more."""
 
 from bnlab import figures, plots
-from bnlab.analysis import done, moment_change, paired_difference, paired_steps_ratio, per_seed_ratio, select
+from bnlab.analysis import done, moment_change, paired_steps_ratio, per_seed_ratio, score_difference, select
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch", "noisy_batch", "noisy_none")
@@ -27,7 +27,9 @@ def analyze(ctx: Context) -> list[Finding]:
                 f"steps to {target:.0%} training accuracy, noisy BN / BN, per seed", fig_path),
         Finding("S2_noisy_beats_standard", steps("noisy_batch", "none"),
                 f"steps to {target:.0%} training accuracy, noisy BN / standard, per seed", fig_path),
-        Finding("S2_noise_hurts_standard", {cell: paired_difference(r, "noisy_none", "none") for cell, r in at.items()},
+        Finding("S2_noise_hurts_standard",
+                {cell: score_difference(r, {"norm__name": "noisy_none"}, {"norm__name": "none"})
+                 for cell, r in at.items()},
                 "final test accuracy, noise without BN minus standard, points (a diverged run scores chance)",
                 fig_path),
         Finding("S2_less_stable", per_seed_ratio(at[f"lr {lrs[0]:g}"], "noisy_batch", "none", moment_change),

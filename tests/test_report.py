@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnlab import collect
-from bnlab.analysis import best_lr, moment_change, paired_ratio, ratio, steps_to
+from bnlab.analysis import best_lr, layer_cells, moment_change, ratio, steps_to
 from bnlab.claims import Finding, claim_verdict, replicates, verdict
 from bnlab.config import run_identity
 from bnlab.sweeps import experiment_config, in_sweep, job_identities, job_name, sweep_jobs
@@ -67,8 +67,9 @@ def test_moment_changes_pair_runs_layer_by_layer(tmp_path):
     runs = collect.runs(tmp_path)
     assert moment_change(runs.iloc[1]) == {0: 0.3, 1: 0.6}  # medians over steps, per layer
     assert moment_change(runs.iloc[1], moment="var") == {0: 4.0}
-    assert paired_ratio(runs, "lp2", "none", moment_change) == pytest.approx([0.02 / 0.3, 0.04 / 0.6])
-    assert paired_ratio(runs, "lp2", "none", lambda r: moment_change(r, moment="var")) == [0.5]
+    cells = layer_cells(runs, "lp2", "none", moment_change)
+    assert cells == {"layer 1": [pytest.approx(0.02 / 0.3)], "layer 2": [pytest.approx(0.04 / 0.6)]}
+    assert layer_cells(runs, "lp2", "none", lambda r: moment_change(r, moment="var")) == {"layer 1": [0.5]}
 
 
 @pytest.mark.parametrize("values, expected", [
