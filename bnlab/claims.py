@@ -78,9 +78,9 @@ def per_seed_columns(table: pd.DataFrame) -> list:
 
 def spread_out(table: pd.DataFrame) -> pd.DataFrame:
     """Each column of per-seed lists becomes four numeric columns: '<col> median', 'min', 'max', 'n'."""
-    out = pd.DataFrame(index=table.index)
+    out, spread = pd.DataFrame(index=table.index), per_seed_columns(table)
     for col in table.columns:
-        if col not in per_seed_columns(table):
+        if col not in spread:
             out[col] = table[col]
             continue
         values = table[col].map(lambda v: np.asarray(measured(list(np.atleast_1d(v))), dtype=float))

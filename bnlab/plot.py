@@ -23,10 +23,16 @@ def label(keys: list[str], values) -> str:
     return ", ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
 
 
+def colored_groups(runs: pd.DataFrame, by: list[str]):
+    """(color, key, runs) for each group of runs, colors spread over viridis."""
+    groups = list(runs.groupby(by))
+    colors = plots.plt.cm.viridis(np.linspace(0, 0.9, max(1, len(groups))))
+    return [(color, key, g) for color, (key, g) in zip(colors, groups, strict=False)]
+
+
 def curves(runs: pd.DataFrame, by: list[str], metric: str):
     fig, ax = plots.subplots(1, width=5.0, height=3.4)
-    colors = plots.plt.cm.viridis(np.linspace(0, 0.9, max(1, runs.groupby(by).ngroups)))
-    for color, (key, g) in zip(colors, runs.groupby(by), strict=False):
+    for color, key, g in colored_groups(runs, by):
         cs = [m.dropna(subset=[metric]) for m in map(collect.metrics, g.path) if metric in m]
         plots.band(ax[0, 0], cs, "step", metric, color, f"{label(by, key)} (n={len(cs)})")
     ax[0, 0].set(xlabel="step", ylabel=metric.replace("_", " "))
@@ -36,8 +42,7 @@ def curves(runs: pd.DataFrame, by: list[str], metric: str):
 
 def lr_plot(runs: pd.DataFrame, by: list[str], metric: str):
     fig, ax = plots.subplots(1, width=5.0, height=3.4)
-    colors = plots.plt.cm.viridis(np.linspace(0, 0.9, max(1, runs.groupby(by).ngroups)))
-    for color, (key, g) in zip(colors, runs.groupby(by), strict=False):
+    for color, key, g in colored_groups(runs, by):
         plots.errorbar(ax[0, 0], g.groupby("optim.lr")[metric], color, label(by, key))
     ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel=metric.replace("_", " "))
     ax[0, 0].legend(fontsize=7, loc="best")

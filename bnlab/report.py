@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from bnlab import collect, plots
 from bnlab.archive import archive_path, unpack
-from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates
+from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates, verdict
 from bnlab.config import REPO_ROOT
 from bnlab.runlog import DONE, atomic_write_text
 from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, sweep_jobs
@@ -61,7 +61,7 @@ def by_paper(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
     return sorted(keyed, key=lambda k: ((PAPERS + ("Other",)).index(k[0]), k[1]))
 
 
-def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict]]:
+def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame]:
     rows, sections, all_runs = [], [], []
     configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
     paper_now = None
@@ -119,24 +119,27 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
     table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))
-    return header(scale, table, rows) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows
+    return header(scale, table, rows) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows, table
+
+
+def criterion(direction: str, threshold: float) -> str:
+    return f"{'≥' if direction == 'ge' else '≤'} {threshold:g}"
 
 
 def claim_row(experiment: str, claim_id: str, claim: DictConfig, f: Finding, out_dir: Path) -> dict:
-    op = "≥" if claim.direction == "ge" else "≤"
     result, cells = claim_verdict(f, claim.threshold, claim.direction, claim.cells, claim.tie)
+    a = claim.amended
     n = replicates(f)
     single = not isinstance(f.values, dict)
     return {"id": claim_id, "experiment": experiment, "kind": claim.kind, "source": claim.source,
-            "statement": claim.statement, "criterion": f"{op} {claim.threshold:g}",
+            "statement": claim.statement, "criterion": criterion(claim.direction, claim.threshold),
             "measured": plots.median_range(f.values) if single else "; ".join(
                 f"{cell}: {plots.median_range(v).split(' (')[0]}" for cell, v in f.cells().items()),
             "n": n, "verdict": result + (f" ({cells})" if cells and result == "partly" else ""),
             "few": 0 < n < MIN_REPLICATES, "base verdict": result,
             "figure": f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else "",
-            **({"amended": True, "verdict then": claim.amended.verdict,
-                "original": f"{claim.amended.statement} ({'≥' if claim.amended.direction == 'ge' else '≤'} "
-                            f"{claim.amended.threshold:g})"} if claim.amended else {})}
+            **({"amended": True, "verdict then": a.verdict,
+                "original": f"{a.statement} ({criterion(a.direction, a.threshold)})"} if a else {})}
 
 
 def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
@@ -147,8 +150,7 @@ def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
             + f". Paper: {claim.paper}"]
     if isinstance(f.values, dict):
         table = pd.DataFrame([{"cell": cell, "measured: median [min, max] (n)": plots.median_range(v),
-                               "verdict": claim_verdict(Finding(row["id"], v), claim.threshold,
-                                                        claim.direction, tie=claim.tie)[0]}
+                               "verdict": verdict(v, claim.threshold, claim.direction, claim.tie)}
                               for cell, v in f.values.items()])
         text.append(markdown(table))
     if row["few"]:
@@ -158,7 +160,7 @@ def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
     if claim.amended:
         a = claim.amended
         text.append(f"Amended after its results were seen. Original criterion: {a.statement} "
-                    f"({'≥' if a.direction == 'ge' else '≤'} {a.threshold:g}), verdict then: {a.verdict}. "
+                    f"({criterion(a.direction, a.threshold)}), verdict then: {a.verdict}. "
                     f"Why: {a.why}")
     return "\n\n".join(text)
 
@@ -234,11 +236,10 @@ def main() -> None:
     archive = args.archive or archive_path(args.scale)
     if not any(runs_root.glob("*/*/config.yaml")) and archive.is_file():  # a fresh clone: the committed evidence
         print(f"[bnlab] no runs under {runs_root}: restored {unpack(archive, runs_root)} from {archive}")
-    text, rows = build_report(args.scale, out_dir, args.overrides)
+    text, rows, runs = build_report(args.scale, out_dir, args.overrides)
     atomic_write_text(out_dir / "REPORT.md", text)
     if out_dir == report_dir("cpu") and args.scale == "cpu":  # the README shows the default profile's verdicts
         update_readme(claims_for_readme(rows, out_dir))
-    runs = pd.read_csv(out_dir / "runs.csv") if (out_dir / "runs.csv").exists() else pd.DataFrame()
     failed = int(runs.status.isin(["failed", "incomplete"]).sum()) if len(runs) else 0
     stale = int((runs.stale | ~runs.in_sweep).sum()) if len(runs) else 0
     if args.wandb != "disabled":
