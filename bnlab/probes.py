@@ -71,11 +71,11 @@ def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
     return [v["x"] for v in layer_values(model, x)]
 
 
-def excess_kurtosis(a: torch.Tensor) -> torch.Tensor:
+def skew_and_excess_kurtosis(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per unit (row) over its values; NaN for a constant unit (a pixel that is always 0)."""
     centred = a - a.mean(1, keepdim=True)
     var = centred.pow(2).mean(1)
-    return centred.pow(4).mean(1) / var.pow(2) - 3
+    return centred.pow(3).mean(1) / var.pow(1.5), centred.pow(4).mean(1) / var.pow(2) - 3
 
 
 def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_range: float) -> list[dict]:
@@ -89,15 +89,13 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
         per_unit = torch.quantile(a[:units], q, dim=1).T  # units x 3
         mean, std = flat.mean(), flat.std()
         # shape per unit (over the batch), then the median over units: is each unit's input Gaussian?
-        centred = a - a.mean(1, keepdim=True)
-        skew = centred.pow(3).mean(1) / centred.pow(2).mean(1).pow(1.5)
-        kurt = excess_kurtosis(a)
+        skew, kurt = skew_and_excess_kurtosis(a)
         jarque_bera = a.shape[1] / 6 * (skew.pow(2) + kurt.pow(2) / 4)  # ~ chi2(2) under normality
         row = {"layer": layer, "mean": mean.item(), "std": std.item(), "skew": median(skew),
                "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera),
                # Ioffe §3.2: is Wu + b more Gaussian than the layer's input u? median over units of |kurtosis|
-               "abs_kurtosis": median(kurt.abs()), "abs_kurtosis_wu": median(excess_kurtosis(values["wu"]).abs()),
-               "abs_kurtosis_u": median(excess_kurtosis(values["u"]).abs())}
+               "abs_kurtosis": median(kurt.abs()),
+               **{f"abs_kurtosis_{k}": median(skew_and_excess_kurtosis(values[k])[1].abs()) for k in ("wu", "u")}}
         row.update({f"p{int(p)}": v for p, v in zip(PERCENTILES, torch.quantile(flat, q).tolist(), strict=True)})
         for u in range(per_unit.shape[0]):
             row.update({f"u{u}_p{int(p)}": v for p, v in zip(PERCENTILES, per_unit[u].tolist(), strict=True)})

@@ -10,6 +10,7 @@ Layout of a run directory:
 Every file is written under a temporary name and renamed, so a kill never leaves a truncated one.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ def git_sha() -> str:
         return "unknown"
 
 
+@functools.cache  # the processor does not change under a running process
 def cpu_name() -> str:
     """The processor's model name and vector width, e.g. 'AMD EPYC (avx512)': speeds compare only within one."""
     try:
@@ -112,14 +114,12 @@ class RunDir:
         s = self.summary()
         return bool(s) and s.get("status") in DONE and s.get("identity") == identity
 
-    def set_aside_if_superseded(self, identity: str) -> Path | None:
-        """A run trained under another config of this job (its summary or checkpoint holds another identity) is
-        moved to <experiment>/.superseded/<time>/<run>/ rather than overwritten; Hydra's own .hydra/ stays, as
-        it already describes the new job. Returns where it went."""
-        old = self.summary() or {}
-        if not old.get("identity") and self.checkpoint_path.exists():
-            old = {"identity": torch.load(self.checkpoint_path, weights_only=False).get("identity")}
-        if not old.get("identity") or old["identity"] == identity:
+    def set_aside_if_superseded(self, identity: str, checkpoint_identity: str | None) -> Path | None:
+        """A run trained under another config of this job (its summary, or else its checkpoint, holds another
+        identity) is moved to <experiment>/.superseded/<time>/<run>/ rather than overwritten; Hydra's own .hydra/
+        stays, as it already describes the new job. Returns where it went."""
+        old = (self.summary() or {}).get("identity") or checkpoint_identity
+        if not old or old == identity:
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         dest = self.path.parent / ".superseded" / stamp / self.path.name

@@ -31,7 +31,7 @@ from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, init_model, re
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
 from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
-from bnlab.stack import LOSSES, SingleModel, StackedMLP, stack_key
+from bnlab.stack import LOSSES, SingleModel, StackedMLP, Stepper, stack_key
 
 
 def validate(cfg: DictConfig) -> None:
@@ -229,7 +229,7 @@ class Member:
                               seed=self.cfg.seed * 1_000_003 + step)  # random direction: own generator
         self.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
 
-    def save_checkpoint(self, model, k: int, tracker: MomentTracker | None, device: torch.device) -> None:
+    def save_checkpoint(self, model: Stepper, k: int, tracker: MomentTracker | None, device: torch.device) -> None:
         atomic_torch_save({
             "identity": self.identity, "model": model.member(k).state_dict(), "opt": model.optimizer_state(k),
             "order": self.order.state_dict(), "rng": model.rng_state(k), "state": dataclasses.asdict(self.state),
@@ -299,11 +299,11 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         torch.set_num_threads(cfg.threads)
         keep_freed_memory()
         for m in pending:
-            moved = m.run.set_aside_if_superseded(m.identity)
+            ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
+            moved = m.run.set_aside_if_superseded(m.identity, ck["identity"] if ck else None)
             if moved:
                 print(f"[bnlab] {m.run.path}: trained under another config; set aside in {moved}", flush=True)
             m.run.prepare(m.cfg)
-            ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
             m.checkpoint = ck if ck is not None and ck["identity"] == m.identity else None  # another config's: dropped
         data = load(cfg.data)
         # runs resumed from different steps (an earlier partial sweep) catch up as separate stacks
@@ -325,7 +325,8 @@ def _trim_logs(run: RunDir, last: int | None) -> None:
         run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if last is not None else [])
 
 
-def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.device):
+def _setup(members: list[Member], data: Dataset, sc: Scoring,
+           device: torch.device) -> tuple[Stepper, MomentTracker | None]:
     """Every member's network, optimiser and batch order, from its seed or its checkpoint; then the stepping
     model: one SingleModel, or a StackedMLP of all the members."""
     tc, nets, opts, tracker = sc.tc, [], [], None
