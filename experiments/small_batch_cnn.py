@@ -11,7 +11,8 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     sizes = sorted(int(b) for b in runs["trainer.batch_size"].unique())
     lo, hi = min(sizes), max(sizes)
-    fig_path = plots.save(plots.accuracy_vs_batch(runs, ARMS, score, "MNIST CNN, 12,000 examples"),
+    examples = int((runs["trainer.steps"] * runs["trainer.batch_size"]).max())
+    fig_path = plots.save(plots.accuracy_vs_batch(runs, ARMS, score, f"MNIST CNN, {examples:,} examples"),
                           ctx.figure_path("accuracy_vs_batch"))
     table = runs.pivot_table(index="norm.name", columns="trainer.batch_size", values="final_test_acc",
                              aggfunc=list).reset_index()

@@ -9,7 +9,7 @@ import pytest
 from bnlab.analysis import drop_beyond_control, layer_cells, paired_steps_ratio, per_seed_ratio
 from bnlab.claims import Finding, claim_verdict
 from bnlab.lr_sweep import lr_max_per_seed, lr_max_ratios
-from experiments.bjorck import converged_lr, first_blowup
+from experiments.bjorck import blowup_ratio, converged_lr, first_blowup
 from experiments.deep_sigmoid import best_setting
 from experiments.dlbook_chain import converged
 from experiments.ics_landscape import matched_loss_ratio
@@ -93,6 +93,9 @@ def test_explosion_level_and_the_rate_where_both_arms_converge():
     assert first_blowup(ratios) == pytest.approx(10 ** -2.75)  # the first overshoot (ETAS: 21 points, 1e-4 .. 10)
     assert first_blowup(ratios, 1000.0) == pytest.approx(10 ** -2.25)  # the first explosion
     assert first_blowup([0.5] * 21, 1000.0) == math.inf
+    # B3 per seed: BN never explodes -> inf (passes); neither explodes -> alike, 1 (fails); only BN explodes -> 0
+    assert [blowup_ratio(*pair) for pair in [(math.inf, 1e-2), (math.inf, math.inf), (1e-2, math.inf), (1.0, 1e-2)]] \
+        == [math.inf, 1.0, 0.0, pytest.approx(100.0)]
     runs = runs_table([("none", 0.001, 0, 0.76), ("batch", 0.001, 0, 0.27), ("none", 0.01, 0, 0.93),
                        ("batch", 0.01, 0, 0.95), ("none", 0.1, 0, "diverged"), ("batch", 0.1, 0, 0.97)])
     assert converged_lr(runs, 0.9) == 0.01
