@@ -36,12 +36,12 @@ class AlgOneNoise(nn.Module):
         super().__init__()
         self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
 
-    def sample(self, rows: int, units: int) -> tuple[torch.Tensor, ...]:
-        """(mu, sigma) per unit and (m, s) per row and unit, for one step."""
-        mu = (torch.rand(units) * 2 - 1) * self.n_mu
-        sigma = 1 + torch.rand(units) * (self.n_sigma - 1)
-        m = mu + (torch.rand(rows, units) * 2 - 1) * self.r_mu
-        s = sigma + torch.randn(rows, units) * self.r_sigma
+    def sample(self, rows: int, units: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+        """(mu, sigma) per unit and (m, s) per row and unit, for one step (default: from the global RNG)."""
+        mu = (torch.rand(units, generator=generator) * 2 - 1) * self.n_mu
+        sigma = 1 + torch.rand(units, generator=generator) * (self.n_sigma - 1)
+        m = mu + (torch.rand(rows, units, generator=generator) * 2 - 1) * self.r_mu
+        s = sigma + torch.randn(rows, units, generator=generator) * self.r_sigma
         return mu, sigma, m, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -207,12 +207,15 @@ class MomentTracker:
                 return
             a = out.detach()
             a = (a if a.ndim == 2 else a.transpose(0, 1).reshape(a.shape[1], -1).T)[:, :self.units]
-            moments = (a.mean(0), a.var(0))
-            if self.prev[layer] is not None:
-                pm, pv = self.prev[layer]
-                self.changes[layer].append(torch.stack([(moments[0] - pm).abs(), (moments[1] - pv).abs()]))
-            self.prev[layer] = moments
+            self.record(layer, a.mean(0), a.var(0))
         return hook
+
+    def record(self, layer: int, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """One training step's batch moments of the tracked units of `layer` (a stack computes them itself)."""
+        if self.prev[layer] is not None:
+            pm, pv = self.prev[layer]
+            self.changes[layer].append(torch.stack([(mean - pm).abs(), (var - pv).abs()]))
+        self.prev[layer] = (mean, var)
 
     def rows(self) -> list[dict]:
         """Medians over the steps since the last call and over the tracked units, per layer; then reset."""

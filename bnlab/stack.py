@@ -8,10 +8,12 @@ under its own seed), data order, learning rate, momentum, weight decay, dropout 
 `member(k)` hands out member k as an ordinary `Net`, so evaluation, probes and checkpoints are the single-run
 code. Members match the same run trained alone to float rounding.
 
-Only MLPs are stacked, with BN or no normaliser, and not with the moment tracker, which hooks the live training
-forward; every other run trains alone. A run alone draws its dropout masks from the global RNG, which nothing
-else in its training step touches; a member draws them from its own generator, started in the same state, so
-its masks are those of its run alone. Probes that move the weights (ICS, landscape) work on member k's copy.
+Only MLPs are stacked, with no normaliser, BN, the lp normalisers or the noisy ones (`STACKABLE_NORMS`); every
+other run trains alone. A run alone draws its dropout masks and noise from the global RNG, which nothing else in
+its training step touches; a member draws them from its own generator, started in the same state and drawn in
+the same order, so its masks and noise are those of its run alone. Each member's moment tracker is fed the
+batch moments the stack computes, where a run alone's tracker hooks its forward. Probes that move the weights
+(ICS, landscape) work on member k's copy.
 Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
 on a free view (1, K*width, batch).
 """
@@ -27,6 +29,7 @@ from torch.func import stack_module_state
 
 from bnlab.config import flatten, role
 from bnlab.models import Net
+from bnlab.norms import AlgOneNoise, LpNorm
 from bnlab.probes import MomentTracker
 
 # The training losses, each averaged (or summed) over a batch.
@@ -96,14 +99,14 @@ class SingleModel:
 
 
 
-STACKABLE_NORMS = ("none", "batch")
+STACKABLE_NORMS = ("none", "batch", "lp1", "lp2", "lpinf", "noisy_batch", "noisy_none")
 
 
 def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
-    tc, m = cfg.trainer, cfg.model
+    m = cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
-            or tc.moment_units or cfg.wandb.mode != "disabled"):
+            or cfg.wandb.mode != "disabled"):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES
@@ -128,7 +131,7 @@ class StackedMLP:
     """K `Net` MLPs and their `torch.optim.SGD`s as one stacked model with a hand-written stacked SGD step."""
 
     def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], rng_states: list[torch.Tensor],
-                 train_x: torch.Tensor, train_y: torch.Tensor, loss: str):
+                 train_x: torch.Tensor, train_y: torch.Tensor, loss: str, trackers: list[MomentTracker] | None = None):
         self.nets = nets  # member k's own Net (its own dropout rate), loaded with its weights when asked for
         self.blocks = [(b.norm, b.act) for b in nets[0].blocks]
         self.depth = len(self.blocks)
@@ -148,30 +151,64 @@ class StackedMLP:
         self.train_x, self.train_y = train_x.flatten(1), train_y
         self.loss = STACKED_LOSSES[loss]
         self.classify = loss == "cross_entropy"
+        self.trackers = trackers or []  # each member's MomentTracker, fed by the stack (its hooks stay idle)
 
     def __len__(self) -> int:
         return len(self.hyper["lr"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics."""
-        p, b = self.params, self.buffers
+        p = self.params
         for i, (norm, act) in enumerate(self.blocks):
             bias = p.get(f"blocks.{i}.linear.bias")
             w = p[f"blocks.{i}.linear.weight"]
             x = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
-            if isinstance(norm, torch.nn.BatchNorm1d):
-                k, c, n = x.shape
-                gamma, beta = p.get(f"blocks.{i}.norm.weight"), p.get(f"blocks.{i}.norm.bias")
-                x = F.batch_norm(x.view(1, k * c, n), b[f"blocks.{i}.norm.running_mean"].view(-1),
-                                 b[f"blocks.{i}.norm.running_var"].view(-1),
-                                 None if gamma is None else gamma.view(-1), None if beta is None else beta.view(-1),
-                                 training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
-                b[f"blocks.{i}.norm.num_batches_tracked"] += 1
+            parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]  # noisy BN: BN, then noise
+            for j, part in enumerate(parts):
+                x = self.normalise(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), x)
+            if self.trackers:
+                self.track_moments(i, x)
             x = act(x)
             if any(self.dropout):
                 x = x * self.dropout_masks(x.shape[2], x.shape[1])
         bias = p.get("head.bias")
         return torch.bmm(p["head.weight"], x) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], x)
+
+    def normalise(self, norm: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+        """What `norm` (a run alone's module, named `name` in its Net) does in training mode, member by member;
+        x: K x units x batch."""
+        p, b = self.params, self.buffers
+        weight, bias = p.get(f"{name}.weight"), p.get(f"{name}.bias")
+        if isinstance(norm, torch.nn.BatchNorm1d):
+            k, c, n = x.shape
+            x = F.batch_norm(x.view(1, k * c, n), b[f"{name}.running_mean"].view(-1), b[f"{name}.running_var"].view(-1),
+                             None if weight is None else weight.view(-1), None if bias is None else bias.view(-1),
+                             training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
+            b[f"{name}.num_batches_tracked"] += 1
+            return x
+        if isinstance(norm, LpNorm):  # LpNorm.forward over each member's batch (dim 2)
+            mean = x.mean(2, keepdim=True)
+            scale = x.abs().amax(2, keepdim=True) if norm.p == float("inf") else \
+                x.abs().pow(norm.p).mean(2, keepdim=True).pow(1 / norm.p)
+            with torch.no_grad():
+                b[f"{name}.running_mean"].lerp_(mean.squeeze(2), norm.momentum)
+                b[f"{name}.running_scale"].lerp_(scale.squeeze(2), norm.momentum)
+            x = (x - mean) / (scale + norm.eps)
+            return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+        if isinstance(norm, AlgOneNoise):  # each member's noise from its own generator, as its run alone draws it
+            k, c, n = x.shape
+            draws = [norm.sample(n, c, g)[2:] for g in self.generators]
+            m, s = (torch.stack([d[i] for d in draws]).transpose(1, 2).contiguous() for i in (0, 1))
+            return s * x + m
+        assert isinstance(norm, torch.nn.Identity), f"{type(norm).__name__} cannot be stacked"
+        return x
+
+    def track_moments(self, layer: int, x: torch.Tensor) -> None:
+        """Each member's moment tracker gets the batch moments of its tracked units, as its hook would."""
+        a = x.detach()[:, :self.trackers[0].units]
+        means, variances = a.mean(2), a.var(2)
+        for k, tracker in enumerate(self.trackers):
+            tracker.record(layer, means[k], variances[k])
 
     def dropout_masks(self, batch: int, width: int) -> torch.Tensor:
         """K x width x batch: member k's mask drawn as `F.dropout` draws it for the run alone (batch x width)."""
@@ -215,6 +252,7 @@ class StackedMLP:
         self.nets = [self.nets[k] for k in members]
         self.generators = [self.generators[k] for k in members]
         self.dropout = [self.dropout[k] for k in members]
+        self.trackers = [self.trackers[k] for k in members] if self.trackers else []
 
     def member(self, k: int) -> Net:
         """Member k as an ordinary Net, its weights as they are now.

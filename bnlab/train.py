@@ -193,17 +193,18 @@ class Member:
     state: RunState = field(default_factory=RunState)
     checkpoint: dict | None = None
     rng: torch.Tensor | None = None  # the global RNG after initialisation, where dropout and noise draws start
+    tracker: MomentTracker | None = None  # Santurkar Fig. 8's per-step moment changes (trainer.moment_units)
     mirror: WandbMirror | None = None
     status: str = "finished"
     diverged_at: int | None = None
 
-    def log_eval(self, net: Net, step: int, sc: Scoring, tracker: MomentTracker | None) -> None:
+    def log_eval(self, net: Net, step: int, sc: Scoring) -> None:
         test_loss, test_acc = evaluate(net, sc.test_x, sc.test_y, sc.tc.loss)
         train_loss, train_acc = self.state.take_interval(sc.tc.loss == "cross_entropy")
         row = {"step": step, "test_loss": test_loss, "test_acc": test_acc, "train_loss": train_loss,
                "train_acc": train_acc, "train_time": self.state.train_time}
-        if tracker:
-            row.update({f"{key}_L{r['layer']}": r[key] for r in tracker.rows() for key in ("dmean", "dvar")})
+        if self.tracker:
+            row.update({f"{key}_L{r['layer']}": r[key] for r in self.tracker.rows() for key in ("dmean", "dvar")})
         if sc.tc.train_eval_size:
             row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, sc.train_x[sc.train_eval],
                                                                      sc.train_y[sc.train_eval], sc.tc.loss)
@@ -229,12 +230,12 @@ class Member:
                               seed=self.cfg.seed * 1_000_003 + step)  # random direction: own generator
         self.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
 
-    def save_checkpoint(self, model: Stepper, k: int, tracker: MomentTracker | None, device: torch.device) -> None:
+    def save_checkpoint(self, model: Stepper, k: int, device: torch.device) -> None:
         atomic_torch_save({
             "identity": self.identity, "model": model.member(k).state_dict(), "opt": model.optimizer_state(k),
             "order": self.order.state_dict(), "rng": model.rng_state(k), "state": dataclasses.asdict(self.state),
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            "tracker": tracker.state_dict() if tracker else None}, self.run.checkpoint_path)
+            "tracker": self.tracker.state_dict() if self.tracker else None}, self.run.checkpoint_path)
 
     def finish(self, stack_size: int, device: torch.device) -> None:
         """The summary, into the run directory and wandb; the checkpoint goes."""
@@ -325,11 +326,10 @@ def _trim_logs(run: RunDir, last: int | None) -> None:
         run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if last is not None else [])
 
 
-def _setup(members: list[Member], data: Dataset, sc: Scoring,
-           device: torch.device) -> tuple[Stepper, MomentTracker | None]:
+def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.device) -> Stepper:
     """Every member's network, optimiser and batch order, from its seed or its checkpoint; then the stepping
     model: one SingleModel, or a StackedMLP of all the members."""
-    tc, nets, opts, tracker = sc.tc, [], [], None
+    tc, nets, opts = sc.tc, [], []
     for m in members:
         oc = OmegaConf.to_object(m.cfg.optim)
         net = init_model(m.cfg.model, m.cfg.norm, m.cfg.seed, data.shape, data.num_classes).to(device)
@@ -337,21 +337,22 @@ def _setup(members: list[Member], data: Dataset, sc: Scoring,
             net = net.to(memory_format=torch.channels_last)  # oneDNN's fast conv layout on CPU
         opt = torch.optim.SGD(net.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
         m.order = BatchOrder(len(sc.train_x), tc.batch_size, m.cfg.seed, sc.train_y, tc.classes_per_batch)
-        if tc.moment_units:  # single runs only (stack.stack_key)
-            tracker = MomentTracker(net, tc.moment_units)
+        if tc.moment_units:
+            m.tracker = MomentTracker(net, tc.moment_units)
         if m.checkpoint:
-            _restore(m, m.checkpoint, net, opt, tracker, device)
+            _restore(m, m.checkpoint, net, opt, device)
         m.rng = torch.get_rng_state()
         nets.append(net)
         opts.append(opt)
         _trim_logs(m.run, m.state.step if m.checkpoint else None)
     nets[0].train()
     if len(members) == 1:
-        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, tracker), tracker
-    return StackedMLP(nets, opts, [m.rng for m in members], sc.train_x, sc.train_y, tc.loss), tracker
+        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, members[0].tracker)
+    trackers = [m.tracker for m in members] if tc.moment_units else None
+    return StackedMLP(nets, opts, [m.rng for m in members], sc.train_x, sc.train_y, tc.loss, trackers)
 
 
-def _restore(m: Member, ck: dict, net: Net, opt, tracker: MomentTracker | None, device: torch.device) -> None:
+def _restore(m: Member, ck: dict, net: Net, opt, device: torch.device) -> None:
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     m.order.load_state_dict(ck["order"])
@@ -359,22 +360,22 @@ def _restore(m: Member, ck: dict, net: Net, opt, tracker: MomentTracker | None, 
     if ck.get("cuda_rng") is not None and device.type == "cuda":  # dropout on a GPU draws from CUDA's RNG
         torch.cuda.set_rng_state_all(ck["cuda_rng"])
     m.state = RunState(**ck["state"])
-    if tracker:
-        tracker.load_state_dict(ck["tracker"])
+    if m.tracker:
+        m.tracker.load_state_dict(ck["tracker"])
 
 
 def _train_stack(members: list[Member], data: Dataset) -> None:
     tc = OmegaConf.to_object(members[0].cfg.trainer)  # shared by every member of a stack
     device = use_device(members[0].cfg.device)
     sc = Scoring.on(data, tc, device)
-    model, tracker = _setup(members, data, sc, device)
+    model = _setup(members, data, sc, device)
     clock, active, step = Clock(), list(members), members[0].state.step
     try:
         for m in members:
             m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name, identity=m.identity)
         for k, m in enumerate(members if step == 0 else []):
             with clock.probing(m):
-                m.log_eval(model.member(k), 0, sc, tracker)
+                m.log_eval(model.member(k), 0, sc)
                 m.log_activations(model.member(k), 0, sc)
         bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, mininterval=2.0, leave=False,
                    desc=(members[0].run.path.name if len(members) == 1 else f"{len(members)} stacked runs")[:40],
@@ -397,7 +398,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
                     for k in diverged:
                         active[k].status, active[k].diverged_at = "diverged", step
                         with clock.probing(active[k]):
-                            active[k].log_eval(model.member(k), step, sc, tracker)
+                            active[k].log_eval(model.member(k), step, sc)
                     kept = [k for k in range(len(active)) if k not in diverged]
                     active = [active[k] for k in kept]
                     model.keep(kept)  # its NaNs never meet the others' numbers
@@ -407,11 +408,11 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
                     for k, m in enumerate(active):
                         with clock.probing(m):
                             if due(step, tc.eval_every) or last:
-                                m.log_eval(model.member(k), step, sc, tracker)
+                                m.log_eval(model.member(k), step, sc)
                             if due(step, tc.probe_every) or last:
                                 m.log_activations(model.member(k), step, sc)
                             if due(step, tc.checkpoint_every) and not last:
-                                m.save_checkpoint(model, k, tracker, device)
+                                m.save_checkpoint(model, k, device)
                     bar.update(step - bar.n)
         bar.close()
     except BaseException:

@@ -29,6 +29,7 @@ LOGS = ("metrics.jsonl", "activations.jsonl", "probes.jsonl")
 # A real bug (another member's batches, learning rate or BN statistics) strays 10^2-10^8 times further.
 ROUNDING_MARGIN = 4.0
 FLOOR = 1e-6  # a few float32 ulps: deviations below this are equal
+TWIN_SEEDS = (0, 1)
 
 
 def deviation(rows: list[dict], reference: list[dict], abs_: float = 1e-5) -> float:
@@ -56,10 +57,10 @@ def weight_deviation(a: dict, b: dict, abs_: float = 1e-5) -> float:
     return max(((a[k].double() - b[k].double()).abs() / (b[k].double().abs() + abs_)).max().item() for k in b)
 
 
-def rounding_twin(monkeypatch) -> None:
-    """Make every run alone a rounding twin: after each step every weight moves one ulp up or down (fixed random
-    signs), what a kernel that rounds differently can do to it at most, on any CPU."""
-    step, signs = SingleModel.step, torch.Generator().manual_seed(0)
+def rounding_twin(monkeypatch, seed: int) -> None:
+    """Make every run alone a rounding twin: after each step every weight moves one ulp up or down (random signs
+    fixed by `seed`), what a kernel that rounds differently can do to it at most, on any CPU."""
+    step, signs = SingleModel.step, torch.Generator().manual_seed(seed)
 
     def step_then_nudge(self, idx):
         out = step(self, idx)
@@ -79,10 +80,19 @@ def deviations(tmp_path, kind: str, reference: str, i: int) -> dict[str, float]:
     for name in LOGS:
         rows, ref = (read_jsonl(tmp_path / f"{k}{i}" / name) for k in (kind, reference))
         diverged = json.loads((tmp_path / f"{reference}{i}" / "summary.json").read_text())["status"] == "diverged"
-        out[name] = deviation(rows[:1], ref[:1]) if diverged else deviation(rows, ref)
+        # probes hold differences of O(1) float32 losses (the landscape's range): below 1e-4 few digits are real
+        abs_ = 1e-4 if name == "probes.jsonl" else 1e-5
+        out[name] = deviation(rows[:1], ref[:1], abs_) if diverged else deviation(rows, ref, abs_)
     if (tmp_path / f"{reference}{i}" / "model.pt").exists():
         out["model.pt"] = weight_deviation(*(torch.load(tmp_path / f"{k}{i}" / "model.pt") for k in (kind, reference)))
     return out
+
+
+def twin_reach(tmp_path, i: int) -> dict[str, float]:
+    """How far rounding takes run i: per log, the further of its two rounding twins. Probes of a noisy network
+    in training mode amplify rounding chaotically, so one twin's reach is itself a noisy measure."""
+    twins = [deviations(tmp_path, f"twin{t}_", "alone", i) for t in TWIN_SEEDS]
+    return {name: max(t[name] for t in twins) for name in twins[0]}
 
 
 def strays(stack: dict[str, float], twin: dict[str, float]) -> list[str]:
@@ -92,25 +102,35 @@ def strays(stack: dict[str, float], twin: dict[str, float]) -> list[str]:
 
 def train_alone_and_twins(cfgs, tmp_path, monkeypatch) -> list[dict]:
     alone = [train(c, str(tmp_path / f"alone{i}")) for i, c in enumerate(cfgs)]
-    with monkeypatch.context() as m:
-        rounding_twin(m)
-        twins = [train(c, str(tmp_path / f"twin{i}")) for i, c in enumerate(cfgs)]
-    assert [s["status"] for s in twins] == [s["status"] for s in alone]
+    for t in TWIN_SEEDS:
+        with monkeypatch.context() as m:
+            rounding_twin(m, t)
+            twins = [train(c, str(tmp_path / f"twin{t}_{i}")) for i, c in enumerate(cfgs)]
+        assert [s["status"] for s in twins] == [s["status"] for s in alone]
     return alone
 
 
-@pytest.mark.parametrize("norm", ["none", "batch"])
+# Every stackable normaliser; the moment tracker (Santurkar Fig. 8) where the experiments use it.
+STACKED_NORMS = {"none": [], "batch": [], "batch, moments": ["norm=batch", "trainer.moment_units=2"],
+                 "lp1": [], "lp2": [], "lpinf": ["trainer.moment_units=2"],
+                 "noisy_batch": ["trainer.moment_units=2"], "noisy_none": []}
+
+
+@pytest.mark.parametrize("norm", STACKED_NORMS)
 def test_each_stacked_member_equals_its_run_trained_alone(data_root, tmp_path, monkeypatch, norm):
-    cfgs = [make_cfg(data_root, tmp_path, [f"norm={norm}", *SHARED, *m]) for m in MEMBERS]
+    extra = STACKED_NORMS[norm] or [f"norm={norm}"]
+    extra = extra if any(o.startswith("norm=") for o in extra) else [f"norm={norm}", *extra]
+    cfgs = [make_cfg(data_root, tmp_path, [*extra, *SHARED, *m]) for m in MEMBERS]
     assert len({stack_key(c) for c in cfgs}) == 1
     stacked = train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
     alone = train_alone_and_twins(cfgs, tmp_path, monkeypatch)
-    assert [s["status"] for s in alone] == ["finished", "finished", "diverged", "finished"]
+    if norm in ("none", "batch"):  # the lr-50 member blows up (scale-invariant normalisers may survive it)
+        assert [s["status"] for s in alone] == ["finished", "finished", "diverged", "finished"]
     for i, (f, a) in enumerate(zip(stacked, alone, strict=True)):
         assert (f["status"], f["steps"], f["diverged_at"], f["identity"]) == \
                (a["status"], a["steps"], a["diverged_at"], a["identity"])
         assert f["stack_size"] == 4 and a["stack_size"] == 1
-        stack, twin = deviations(tmp_path, "stacked", "alone", i), deviations(tmp_path, "twin", "alone", i)
+        stack, twin = deviations(tmp_path, "stacked", "alone", i), twin_reach(tmp_path, i)
         assert not strays(stack, twin), (i, stack, twin)
         config = [(tmp_path / f"{kind}{i}" / "config.yaml").read_text() for kind in ("stacked", "alone")]
         assert config[0] == config[1]
@@ -136,13 +156,15 @@ def test_a_broken_stack_strays_further_than_rounding(data_root, tmp_path, monkey
         m.setattr(StackedMLP, method, wrap(getattr(StackedMLP, method)))
         train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
     assert all(s["status"] == "finished" for s in alone)
-    assert any(strays(deviations(tmp_path, "stacked", "alone", i), deviations(tmp_path, "twin", "alone", i))
+    assert any(strays(deviations(tmp_path, "stacked", "alone", i), twin_reach(tmp_path, i))
                for i in range(len(cfgs)))
 
 
-def test_interrupted_stack_resumes_stacked_or_alone(data_root, tmp_path, monkeypatch):
-    """A stack killed after its step-100 checkpoints resumes, as a stack or run by run, to the same numbers."""
-    cfgs = [make_cfg(data_root, tmp_path, ["norm=batch", *SHARED, *m]) for m in (MEMBERS[0], MEMBERS[1])]
+@pytest.mark.parametrize("norm", [["norm=batch"], ["norm=noisy_batch", "trainer.moment_units=2"]])
+def test_interrupted_stack_resumes_stacked_or_alone(data_root, tmp_path, monkeypatch, norm):
+    """A stack killed after its step-100 checkpoints resumes, as a stack or run by run, to the same numbers
+    (noise generators and moment trackers included)."""
+    cfgs = [make_cfg(data_root, tmp_path, [*norm, *SHARED, *m]) for m in (MEMBERS[0], MEMBERS[1])]
     whole = train_runs(cfgs, [str(tmp_path / "whole0"), str(tmp_path / "whole1")])
     saved = []
 
@@ -176,7 +198,8 @@ def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     assert stack_key(make_cfg(data_root, tmp_path, ["optim.lr=0.7", "seed=4", "model.dropout=0.2"])) == stack_key(base)
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != stack_key(base)
     assert stack_key(make_cfg(data_root / "elsewhere", tmp_path)) != stack_key(base)  # a stack loads its data once
-    for alone in (["norm=layer"], ["model=cnn"], ["trainer.moment_units=2"], ["wandb.mode=offline"]):
+    assert stack_key(make_cfg(data_root, tmp_path, ["trainer.moment_units=2"])) != stack_key(base)
+    for alone in (["norm=layer"], ["norm=group"], ["model=cnn"], ["wandb.mode=offline"]):
         assert stack_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
 
