@@ -1,13 +1,15 @@
 """The config schema: every key bnlab accepts, its type and its default.
 
 Hydra checks the composed YAML against these dataclasses, so `optim.lr=abc` or a misspelt key is an
-error at start-up. `validate()` then checks what a type cannot express (names in registries, ranges).
+error at start-up, and so is a value outside a fixed set (the Enums below, which `--help` and the error list).
+`bnlab.validate` then checks what a type cannot express (names in registries, ranges).
 """
 
 import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +24,59 @@ OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b), replace=T
 OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 
 
+class Preprocess(StrEnum):
+    unit = "unit"  # pixels / 255
+    standardize = "standardize"  # per-channel z-score
+    binarize = "binarize"  # pixels > 0.5
+
+
+class Arch(StrEnum):
+    mlp = "mlp"
+    cnn = "cnn"
+
+
+class Init(StrEnum):
+    normal = "normal"  # N(init_mean, init_std)
+    xavier = "xavier"
+    kaiming = "kaiming"
+    default = "default"  # torch's own
+
+
+class Loss(StrEnum):
+    cross_entropy = "cross_entropy"
+    mse = "mse"
+    mse_sum = "mse_sum"  # Santurkar's DLN: summed squared error
+
+
+class WandbMode(StrEnum):
+    disabled = "disabled"
+    offline = "offline"
+    online = "online"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+    auto = "auto"  # the best present
+
+
+class Scale(StrEnum):
+    smoke = "smoke"
+    cpu = "cpu"
+    paper = "paper"
+
+
+class Direction(StrEnum):
+    ge = "ge"  # measured >= threshold passes
+    le = "le"  # measured <= threshold passes
+
+
+class ClaimKind(StrEnum):
+    claim = "claim"  # evidence
+    check = "check"  # holds by construction: confirms the implementation
+
+
 class ConfigError(ValueError):
     """A config that type-checks but cannot run; the message says which key and what to use."""
 
@@ -32,7 +87,7 @@ class DataConfig:
     root: str = "${oc.env:BNLAB_DATA,${repo_root:}/data}"
     download: bool = True  # tried only when the files are missing; fails cleanly offline
     verify: bool = "${oc.env:BNLAB_DATA_VERIFY,true}"  # type: ignore[assignment]  # torchvision's md5 check (CIFAR); false accepts a rebuilt copy, with a warning
-    preprocess: str = "unit"  # unit: pixels/255 | standardize: per-channel z-score | binarize: >0.5
+    preprocess: Preprocess = Preprocess.unit
     n_samples: int = 1000  # synthetic datasets only (Santurkar App. A: the DLN's 1000 samples)
     dim: int = 10  # synthetic datasets only: input and output width
     train_size: int = 0  # >0: train on the first n training examples only (a small set a network can overfit)
@@ -40,12 +95,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "mlp"  # mlp | cnn
+    arch: Arch = Arch.mlp
     depth: int = 3  # hidden layers (mlp)
     width: int = 100  # units per hidden layer (mlp)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # cnn: conv stages, each 2x2 max-pooled
     activation: str = "sigmoid"  # sigmoid | relu | tanh | identity
-    init: str = "normal"  # normal: N(0, init_std) | xavier | kaiming | default (torch's own)
+    init: Init = Init.normal
     init_std: float = 0.1
     init_mean: float = 0.0  # normal init only; the DL Book §8.7.1 chain starts near w = 1
     bias: bool = True  # false: a purely linear map (deep linear networks); dropped anyway before a shifting norm
@@ -89,7 +144,7 @@ class TrainerConfig:
     hist_bins: int = 24
     hist_range: float = 6.0  # histogram over [-r, r]; mass outside is counted separately
     diverge_factor: float = 10.0  # interval-mean training loss above factor x initial loss = diverged
-    loss: str = "cross_entropy"  # cross_entropy | mse | mse_sum (Santurkar's DLN: summed squared error)
+    loss: Loss = Loss.cross_entropy
     moment_units: int = 0  # >0: per-step change of batch mean and variance of units 0..k-1 (Santurkar Fig. 8)
     ics_every: int = 0  # >0: internal covariate shift, Santurkar Def. 2.1, on the training batch
     ics_layers: list[int] = field(default_factory=list)  # hidden layers (0-based) whose weight gradient is compared
@@ -103,7 +158,7 @@ class TrainerConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "disabled"  # disabled | offline | online; chosen once, never retried in another mode
+    mode: WandbMode = WandbMode.disabled  # chosen once, never retried in another mode
     project: str = "bnlab"
 
 
@@ -113,7 +168,7 @@ class Amendment:
 
     statement: str = MISSING
     threshold: float = MISSING
-    direction: str = "ge"
+    direction: Direction = Direction.ge
     verdict: str = MISSING  # what the original criterion gave, as last reported
     why: str = MISSING
 
@@ -124,9 +179,9 @@ class Claim:
     statement: str = MISSING  # the criterion in words, fixed before the run
     paper: str = ""  # the paper's own number
     threshold: float = MISSING
-    direction: str = "ge"  # ge: measured >= threshold passes | le: measured <= threshold passes
+    direction: Direction = Direction.ge
     params: dict[str, float] = field(default_factory=dict)  # other fixed parts of the criterion (targets, ...)
-    kind: str = "claim"  # claim: evidence | check: holds by construction, confirms the implementation
+    kind: ClaimKind = ClaimKind.claim
     replicate: str = "seed"  # what one value is: always one independent training run
     cells: str = "all"  # over several cells: all of them, or an integer k (at least k cells reproduced)
     tie: float = 0.0  # a value within tie x |threshold| of the threshold is a tie: it neither passes nor fails
@@ -142,18 +197,15 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     experiment: str = "adhoc"  # names the sweep directory and the report section
-    scale: str = "cpu"  # smoke | cpu | paper, set by the scale group
+    scale: Scale = Scale.cpu  # set by the scale group
     seed: int = 0
     threads: int = 1  # one thread per job is fastest here; results are bitwise only at a fixed count
-    device: str = "cpu"  # cpu | cuda | mps | auto (the best present); recorded in the summary
+    device: Device = Device.cpu  # recorded in the summary
     out_root: str = "${repo_root:}/results/runs"
     claims: dict[str, Claim] = field(default_factory=dict)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-# The sweep launcher's schema (hydra/launcher=bnlab_joblib). Hydra finds plugins by scanning hydra_plugins/ on
-# sys.path, which misses an editable install's copy when Python starts outside the repository.
-import hydra_plugins.bnlab_launcher.stacking_launcher  # noqa: E402, F401
 
 # Keys that say where or how a run executes, not what it computes: they never change its identity.
 # What a config key (a name, or every name below it) is to a run, in one place. A key not listed here makes the

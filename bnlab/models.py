@@ -15,8 +15,6 @@ from torch import nn
 from bnlab.norms import NORMALIZERS, NORMALIZERS_WITH_SHIFT
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
-ARCHS = ("mlp", "cnn")
-INITS = ("normal", "xavier", "kaiming", "default")
 
 
 class Block(nn.Module):
@@ -100,9 +98,6 @@ def init_model(model_cfg: DictConfig, norm_cfg: DictConfig, seed: int, in_shape:
 
 # Here, not in the trainer: `python -m bnlab.train` runs the trainer as __main__, whose functions the sweep
 # launcher pickles by value, and torch.backends cannot be pickled.
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def resolve_device(name: str) -> str:
     """auto: CUDA if present, else Apple's MPS, else the CPU; a named device only if it is present."""
     available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}

@@ -27,45 +27,11 @@ from tqdm import tqdm
 
 from bnlab.config import ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
-from bnlab.models import ACTIVATIONS, ARCHS, DEVICES, INITS, Net, init_model, resolve_device, use_device
-from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
+from bnlab.models import Net, init_model, use_device
 from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
 from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
 from bnlab.stack import LOSSES, SingleModel, StackedMLP, Stepper, stack_key
-
-
-def validate(cfg: DictConfig) -> None:
-    def choice(key: str, value: str, options) -> None:
-        if value not in options:
-            raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(options))}")
-
-    choice("norm.name (norm=)", cfg.norm.name, NORMALIZERS)
-    choice("model.activation", cfg.model.activation, ACTIVATIONS)
-    choice("model.arch", cfg.model.arch, ARCHS)
-    choice("model.init", cfg.model.init, INITS)
-    choice("wandb.mode", cfg.wandb.mode, ("disabled", "offline", "online"))
-    choice("device", cfg.device, DEVICES)
-    if resolve_device(cfg.device) != cfg.device and cfg.device != "auto":
-        raise ConfigError(f"device={cfg.device} is not available here; use device=auto or device=cpu")
-    choice("trainer.loss", cfg.trainer.loss, LOSSES)
-    for layer in cfg.trainer.ics_layers:
-        if not 0 < layer < (cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)):
-            raise ConfigError(f"trainer.ics_layers: {layer} is not a hidden layer with layers below it "
-                              "(0-based; the first hidden layer has nothing below it)")
-    positive = {"optim.lr": cfg.optim.lr, "trainer.steps": cfg.trainer.steps,
-                "trainer.batch_size": cfg.trainer.batch_size, "trainer.eval_every": cfg.trainer.eval_every,
-                "trainer.probe_every": cfg.trainer.probe_every, "trainer.checkpoint_every":
-                cfg.trainer.checkpoint_every, "threads": cfg.threads, "model.depth": cfg.model.depth,
-                "model.width": cfg.model.width, "norm.eps": cfg.norm.eps}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{key}={value} must be > 0")
-    if not 0 <= cfg.model.dropout < 1:
-        raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
-    if cfg.norm.name in BATCH_DEPENDENT and cfg.trainer.batch_size < 2:
-        raise ConfigError(f"norm={cfg.norm.name} normalises over the batch, so trainer.batch_size="
-                          f"{cfg.trainer.batch_size} leaves nothing to normalise over; use a batch of 2 or more "
-                          "or a per-example normaliser (norm=none)")
+from bnlab.validate import validate
 
 
 @torch.no_grad()

@@ -80,9 +80,10 @@ def make_cfg(data_root: Path, out_root: Path, overrides: list[str] = ()):
     return cfg
 
 
-def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300,
+            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)

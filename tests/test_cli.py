@@ -40,6 +40,17 @@ def test_misspelt_key_and_wrong_type_are_clear_errors(tmp_path):
     assert r.returncode != 0 and "Key 'lrr' not in 'OptimConfig'" in r.stderr
     r = run_cli(["bnlab.train", f"out_root={tmp_path}", "optim.lr=fast"])
     assert r.returncode != 0 and "could not be converted to Float" in r.stderr
+    r = run_cli(["bnlab.train", f"out_root={tmp_path}", "model.arch=rnn"])
+    assert r.returncode != 0 and "Invalid value 'rnn', expected one of [mlp, cnn]" in r.stderr
+
+
+def test_hydra_finds_the_sweep_launcher_from_outside_the_repository(tmp_path):
+    """The launcher is a Hydra plugin, registered by Hydra's own scan of hydra_plugins/, not by an import in
+    bnlab: started in another folder, the installed package still composes its launcher."""
+    r = run_cli(["bnlab.train", "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "_target_: hydra_plugins.bnlab_launcher.stacking_launcher.StackingLauncher" in r.stdout
+    assert "stack: true" in r.stdout
 
 
 def test_missing_data_offline_is_one_clear_message(tmp_path):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 
 from bnlab.runlog import atomic_torch_save, read_jsonl
 from bnlab.train import ConfigError, run_jobs, train
@@ -115,6 +116,18 @@ def test_bad_values_are_refused_with_the_key_and_the_fix(data_root, tmp_path, ov
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(cfg, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing half-made that could pass for a result
+
+
+@pytest.mark.parametrize("override, options", [
+    ("model.arch=rnn", "mlp, cnn"), ("model.init=orthogonal", "normal, xavier, kaiming, default"),
+    ("trainer.loss=hinge", "cross_entropy, mse, mse_sum"), ("wandb.mode=cloud", "disabled, offline, online"),
+    ("device=tpu", "cpu, cuda, mps, auto"), ("data.preprocess=whiten", "unit, standardize, binarize"),
+])
+def test_a_value_outside_a_fixed_set_is_refused_with_the_options(data_root, tmp_path, override, options):
+    with pytest.raises(ConfigCompositionException) as refused:
+        make_cfg(data_root, tmp_path, [override])
+    value = override.split("=")[1]
+    assert f"Invalid value '{value}', expected one of [{options}]" in str(refused.value.__cause__)
 
 
 def test_batch_of_one_with_bn_is_refused(data_root, tmp_path):

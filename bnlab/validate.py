@@ -1,0 +1,40 @@
+"""What a config's types cannot say: names that must be in a registry, ranges, and keys that must agree.
+
+The schema (bnlab.config) already rejects a misspelt key, a wrong type and a value outside a fixed set (its
+Enums); this module sits above the registries it checks names against (normalisers, activations).
+"""
+
+from omegaconf import DictConfig
+
+from bnlab.config import ConfigError
+from bnlab.models import ACTIVATIONS, resolve_device
+from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
+
+
+def validate(cfg: DictConfig) -> None:
+    def choice(key: str, value: str, options) -> None:
+        if value not in options:
+            raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(options))}")
+
+    choice("norm.name (norm=)", cfg.norm.name, NORMALIZERS)
+    choice("model.activation", cfg.model.activation, ACTIVATIONS)
+    if resolve_device(cfg.device) != cfg.device and cfg.device != "auto":
+        raise ConfigError(f"device={cfg.device} is not available here; use device=auto or device=cpu")
+    for layer in cfg.trainer.ics_layers:
+        if not 0 < layer < (cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)):
+            raise ConfigError(f"trainer.ics_layers: {layer} is not a hidden layer with layers below it "
+                              "(0-based; the first hidden layer has nothing below it)")
+    positive = {"optim.lr": cfg.optim.lr, "trainer.steps": cfg.trainer.steps,
+                "trainer.batch_size": cfg.trainer.batch_size, "trainer.eval_every": cfg.trainer.eval_every,
+                "trainer.probe_every": cfg.trainer.probe_every, "trainer.checkpoint_every":
+                cfg.trainer.checkpoint_every, "threads": cfg.threads, "model.depth": cfg.model.depth,
+                "model.width": cfg.model.width, "norm.eps": cfg.norm.eps}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value} must be > 0")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    if cfg.norm.name in BATCH_DEPENDENT and cfg.trainer.batch_size < 2:
+        raise ConfigError(f"norm={cfg.norm.name} normalises over the batch, so trainer.batch_size="
+                          f"{cfg.trainer.batch_size} leaves nothing to normalise over; use a batch of 2 or more "
+                          "or a per-example normaliser (norm=none)")
