@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnlab import collect
+from bnlab import runlog
 from bnlab.runlog import DONE
 
 CHANCE = 0.1  # ten classes: a diverged run scores as a guess when learning rates are ranked
@@ -43,7 +43,7 @@ def value_at(curve: pd.DataFrame, step: int, column: str = "test_acc") -> float:
 
 def curves(runs: pd.DataFrame) -> dict[int, pd.DataFrame]:
     """Metrics history of each run, keyed by seed."""
-    return {int(r.seed): collect.metrics(r.path) for r in runs.itertuples()}
+    return {int(r.seed): runlog.metrics(r.path) for r in runs.itertuples()}
 
 
 def select(runs: pd.DataFrame, **where) -> pd.DataFrame:
@@ -151,7 +151,7 @@ def final_score(run) -> float:
 def probe_median(run, kind: str, column: str, first: float = 0.0, last: float = 1.0, by_layer: bool = False,
                  **where):
     """Median of a probe column over the probes between fractions `first` and `last` of training."""
-    p = collect.probes(run.path)
+    p = runlog.probes(run.path)
     if not len(p):
         return {} if by_layer else math.nan
     p = p[p.kind == kind]
@@ -167,7 +167,7 @@ def probe_median(run, kind: str, column: str, first: float = 0.0, last: float = 
 def moment_change(run, layers=None, moment: str = "mean") -> dict:
     """Median per-step change of unit means, or with moment="var" of unit variances (Santurkar Fig. 8), per
     hidden layer over the whole run."""
-    m = collect.metrics(run.path)
+    m = runlog.metrics(run.path)
     prefix = f"d{moment}_L"
     cols = [c for c in m.columns if c.startswith(prefix)]
     return {int(c[len(prefix):]): float(m[c].median()) for c in cols

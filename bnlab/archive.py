@@ -15,10 +15,9 @@ import tarfile
 from pathlib import Path
 
 from bnlab.config import REPO_ROOT
-from bnlab.runlog import atomic_write_bytes
+from bnlab.runlog import ACTIVATIONS, CONFIG, ERROR, METRICS, MODEL, PROBES, SUMMARY, atomic_write_bytes
 
-FILES = ("config.yaml", ".hydra/overrides.yaml", "summary.json", "metrics.jsonl", "activations.jsonl",
-         "probes.jsonl", "error.txt", "model.pt")
+FILES = (CONFIG, ".hydra/overrides.yaml", SUMMARY, METRICS, ACTIVATIONS, PROBES, ERROR, MODEL)
 
 
 def archive_path(scale: str) -> Path:

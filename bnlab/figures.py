@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import curves, moment_change, select
 from bnlab.claims import Context
 
@@ -37,7 +37,7 @@ def moment_changes(ax, runs, arms, title: str) -> None:
 def probe_curves(runs: pd.DataFrame, arm: str, kind: str, column: str, **where) -> list[pd.DataFrame]:
     out = []
     for path in runs[runs["norm.name"] == arm].path:
-        p = collect.probes(path)
+        p = runlog.probes(path)
         p = p[p.kind == kind]
         for k, v in where.items():
             p = p[p[k] == v]

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import best_lr, curves, done, ratio, score, select, steps_to
 from bnlab.claims import Context, Finding
 
@@ -86,7 +86,7 @@ def draw_cell(axes: tuple, cell: pd.DataFrame, title: str, frac: float, target: 
         plots.band(ax_curve, list(curves(curve_runs).values()), "step", "test_acc", plots.COLORS[arm],
                    f"{plots.LABELS[arm]} (lr {best.get(arm, math.nan):g})")
         if len(curve_runs):
-            acts = collect.activations(curve_runs.sort_values("seed").path.iloc[0])
+            acts = runlog.activations(curve_runs.sort_values("seed").path.iloc[0])
             a = acts[acts.layer == acts.layer.max()]
             for p, style in ((15, ":"), (50, "-"), (85, ":")):
                 ax_pct[col].plot(a.step, a[f"u0_p{p}"], style, color=plots.COLORS[arm], label=f"{p}th")

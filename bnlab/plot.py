@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 
 
 def label(keys: list[str], values) -> str:
@@ -33,7 +33,7 @@ def colored_groups(runs: pd.DataFrame, by: list[str]):
 def curves(runs: pd.DataFrame, by: list[str], metric: str):
     fig, ax = plots.subplots(1, width=5.0, height=3.4)
     for color, key, g in colored_groups(runs, by):
-        cs = [m.dropna(subset=[metric]) for m in map(collect.metrics, g.path) if metric in m]
+        cs = [m.dropna(subset=[metric]) for m in map(runlog.metrics, g.path) if metric in m]
         plots.band(ax[0, 0], cs, "step", metric, color, f"{label(by, key)} (n={len(cs)})")
     ax[0, 0].set(xlabel="step", ylabel=metric.replace("_", " "))
     ax[0, 0].legend(fontsize=7, loc="best")
@@ -53,7 +53,7 @@ def percentiles(runs: pd.DataFrame, by: list[str], layer: int, unit: int = 0):
     groups = list(runs.groupby(by))
     fig, ax = plots.subplots(min(4, len(groups)), -(-len(groups) // 4), width=3.2, height=2.6, sharey=True)
     for a, (key, g) in zip(ax.flat, groups, strict=False):
-        acts = collect.activations(g.sort_values("seed").path.iloc[0])
+        acts = runlog.activations(g.sort_values("seed").path.iloc[0])
         acts = acts[acts.layer == layer]
         for p, style in ((85, "--"), (50, "-"), (15, ":")):
             a.plot(acts.step, acts[f"u{unit}_p{p}"], style, color="k", label=f"{p}th")
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--layer", type=int, default=0, help="percentiles: the hidden layer (0-based)")
     parser.add_argument("--out", type=Path, default=Path("plot.png"), help="where the PNG (and PDF) go")
     args = parser.parse_args(argv)
-    runs = collect.load(args.paths)
+    runs = runlog.load(args.paths)
     if not len(runs):
         raise SystemExit(f"[bnlab] no run directories under {', '.join(map(str, args.paths))}")
     missing = [k for k in args.by if k not in runs]

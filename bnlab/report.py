@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.archive import archive_path, unpack
 from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates, verdict
 from bnlab.config import REPO_ROOT
@@ -71,7 +71,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
             sections.append(f"### {paper}")
             paper_now = paper
         sweep_dir = Path(cfg.out_root) / scale / name
-        on_disk = collect.runs(sweep_dir)
+        on_disk = runlog.runs(sweep_dir)
         if len(on_disk):  # runs of another grid, with overrides the sweep does not make, or whose config has
             # changed since they trained (their identity is not the one train would give them now) are left out
             jobs, excluded = sweep_jobs(name, scale, overrides)

@@ -1,12 +1,21 @@
-"""One run's directory on disk, and the optional wandb mirror of it.
+"""The run directory: bnlab writes it here (`RunDir`, and the optional wandb mirror) and reads it back here
+into tidy pandas tables (`load`, `runs`, `metrics`, `activations`, `probes`); wandb is never needed. The public
+way in:
 
-Layout of a run directory:
-  config.yaml        the resolved config
-  metrics.jsonl      one row per evaluation (step, train/test loss and accuracy, steps/s)
-  activations.jsonl  one row per (probe step, hidden layer): percentiles, moments, histogram
-  checkpoint.pt      while the run is unfinished: everything needed to resume bitwise
-  summary.json       written last; its presence with status finished/diverged marks the run as done
-  error.txt          the traceback, if the run failed
+    from bnlab import runlog
+    runs = runlog.load(["results/runs/cpu/fig1"])      # sweep folders or run folders, any mix
+    curve = runlog.metrics(runs.path.iloc[0])          # one row per evaluation
+    acts = runlog.activations(runs.path.iloc[0])       # one row per probe and hidden layer
+
+Layout of a run directory (the names are this module's constants):
+  config.yaml        CONFIG: the resolved config
+  metrics.jsonl      METRICS: one row per evaluation (step, train/test loss and accuracy, steps/s)
+  activations.jsonl  ACTIVATIONS: one row per (probe step, hidden layer): percentiles, moments, histogram
+  probes.jsonl       PROBES: ICS and landscape rows, measured before that step's update
+  checkpoint.pt      CHECKPOINT: while the run is unfinished, everything needed to resume bitwise
+  model.pt           MODEL: the final weights, where trainer.save_model asks for them
+  summary.json       SUMMARY: written last; with status finished/diverged it marks the run as done
+  error.txt          ERROR: the traceback, if the run failed
 Every file is written under a temporary name and renamed, so a kill never leaves a truncated one.
 """
 
@@ -20,12 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.config import REPO_ROOT
+from bnlab.config import REPO_ROOT, flatten
 
+CONFIG, METRICS, ACTIVATIONS, PROBES = "config.yaml", "metrics.jsonl", "activations.jsonl", "probes.jsonl"
+CHECKPOINT, MODEL, SUMMARY, ERROR = "checkpoint.pt", "model.pt", "summary.json", "error.txt"
 DONE = ("finished", "diverged")  # a run with either status is never retrained
 
 
@@ -101,8 +113,8 @@ def read_jsonl(path: Path) -> list[dict]:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.summary_path = self.path / "summary.json"
-        self.checkpoint_path = self.path / "checkpoint.pt"
+        self.summary_path = self.path / SUMMARY
+        self.checkpoint_path = self.path / CHECKPOINT
 
     def summary(self) -> dict | None:
         try:
@@ -139,9 +151,9 @@ class RunDir:
         except OSError as e:
             raise PermissionError(f"cannot write the run directory {self.path} ({e.strerror}); "
                                   "choose a writable out_root=/path or hydra.run.dir=/path") from None
-        for stale in ("summary.json", "error.txt"):
+        for stale in (SUMMARY, ERROR):
             (self.path / stale).unlink(missing_ok=True)
-        atomic_write_text(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write_text(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
     def write_rows(self, name: str, rows: list[dict]) -> None:
         """Rewrite a JSONL file wholesale; used when resuming, to drop rows logged after the checkpoint."""
@@ -155,7 +167,7 @@ class RunDir:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=1, sort_keys=True))
 
     def write_error(self, text: str) -> None:
-        atomic_write_text(self.path / "error.txt", text)
+        atomic_write_text(self.path / ERROR, text)
 
 
 class WandbMirror:
@@ -193,3 +205,54 @@ class WandbMirror:
                     self.run.tags = (*self.run.tags, "diverged")
             self.run.finish(exit_code=exit_code)
             self.run = None
+
+
+# Reading run directories back
+
+def runs(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...), the summary (status,
+    accuracies, steps/s, ...), `job_overrides` (the job's overrides as Hydra saved them) and `path`. A directory
+    without a readable summary is a run that was interrupted and is reported as `incomplete`, never dropped."""
+    rows = []
+    for cfg_path in sorted(Path(sweep_dir).glob(f"*/{CONFIG}")):
+        run_dir = cfg_path.parent
+        row = flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))  # type: ignore[arg-type]
+        row = {k: v for k, v in row.items() if k != "claims" and not k.startswith("claims.")}
+        try:
+            summary = json.loads((run_dir / SUMMARY).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            summary = {"status": "incomplete"}
+        if "fused" in summary:  # the stack size's earlier name
+            summary["stack_size"] = summary.pop("fused")
+        row.update({f"summary.{k}" if k in row else k: v for k, v in summary.items()})
+        overrides = run_dir / ".hydra" / "overrides.yaml"  # the job's command-line overrides, as Hydra saved them
+        row["job_overrides"] = tuple(OmegaConf.load(overrides)) if overrides.is_file() else None
+        row["path"] = str(run_dir)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load(paths) -> pd.DataFrame:
+    """`runs` of every path given: a run directory (it holds config.yaml) or a folder of them."""
+    tables = []
+    for p in map(Path, paths):
+        if (p / CONFIG).is_file():
+            t = runs(p.parent)
+            tables.append(t[t.path == str(p)])
+        else:
+            tables.append(runs(p))
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True).drop_duplicates("path") if tables else pd.DataFrame()
+
+
+def metrics(run_path: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(read_jsonl(Path(run_path) / METRICS))
+
+
+def activations(run_path: str | Path) -> pd.DataFrame:
+    return pd.DataFrame(read_jsonl(Path(run_path) / ACTIVATIONS))
+
+
+def probes(run_path: str | Path) -> pd.DataFrame:
+    """ICS and landscape probe rows (bnlab.probes), one per probe, measured before that step's update."""
+    return pd.DataFrame(read_jsonl(Path(run_path) / PROBES))

@@ -29,7 +29,17 @@ from bnlab.config import ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
 from bnlab.models import Net, init_model, use_device
 from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
-from bnlab.runlog import RunDir, WandbMirror, atomic_torch_save, environment, read_jsonl
+from bnlab.runlog import (
+    ACTIVATIONS,
+    METRICS,
+    MODEL,
+    PROBES,
+    RunDir,
+    WandbMirror,
+    atomic_torch_save,
+    environment,
+    read_jsonl,
+)
 from bnlab.stack import LOSSES, SingleModel, StackedMLP, Stepper, stack_key
 from bnlab.validate import validate
 
@@ -174,14 +184,14 @@ class Member:
         if sc.tc.train_eval_size:
             row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, sc.train_x[sc.train_eval],
                                                                      sc.train_y[sc.train_eval], sc.tc.loss)
-        self.run.append_rows("metrics.jsonl", [row])
+        self.run.append_rows(METRICS, [row])
         self.mirror.log(row, step)
 
     def log_activations(self, net: Net, step: int, sc: Scoring) -> None:
         tc = sc.tc
         rows = [{"step": step, **r} for r in activation_stats(net, sc.probe_x, tc.probe_units, tc.hist_bins,
                                                               tc.hist_range)]
-        self.run.append_rows("activations.jsonl", rows)
+        self.run.append_rows(ACTIVATIONS, rows)
         self.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
                          if key[0] == "p" or key in ("mean", "std")}, step)
 
@@ -194,7 +204,7 @@ class Member:
         if with_landscape:
             rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
                               seed=self.cfg.seed * 1_000_003 + step)  # random direction: own generator
-        self.run.append_rows("probes.jsonl", [{"step": step, **r} for r in rows])
+        self.run.append_rows(PROBES, [{"step": step, **r} for r in rows])
 
     def save_checkpoint(self, model: Stepper, k: int, device: torch.device) -> None:
         atomic_torch_save({
@@ -205,7 +215,7 @@ class Member:
 
     def finish(self, stack_size: int, device: torch.device) -> None:
         """The summary, into the run directory and wandb; the checkpoint goes."""
-        metrics = read_jsonl(self.run.path / "metrics.jsonl")
+        metrics = read_jsonl(self.run.path / METRICS)
         finite = [r["test_acc"] for r in metrics if r["test_acc"] is not None and math.isfinite(r["test_loss"])]
         state = self.state
         summary = {
@@ -286,8 +296,8 @@ def _start_step(m: Member) -> int:
 def _trim_logs(run: RunDir, last: int | None) -> None:
     """Rows logged after the checkpoint (step `last`; None: no checkpoint) are recomputed. Probes of the training
     batch are logged before that step's update, so the checkpoint's own step is measured again."""
-    keep = {"metrics.jsonl": lambda r: r["step"] <= last, "activations.jsonl": lambda r: r["step"] <= last,
-            "probes.jsonl": lambda r: r["step"] < last}
+    keep = {METRICS: lambda r: r["step"] <= last, ACTIVATIONS: lambda r: r["step"] <= last,
+            PROBES: lambda r: r["step"] < last}
     for name, ok in keep.items():
         run.write_rows(name, [r for r in read_jsonl(run.path / name) if ok(r)] if last is not None else [])
 
@@ -388,7 +398,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
         raise
     for k, m in enumerate(active):
         if tc.save_model:
-            atomic_torch_save(model.member(k).state_dict(), m.run.path / "model.pt")
+            atomic_torch_save(model.member(k).state_dict(), m.run.path / MODEL)
     for m in members:
         m.finish(len(members), device)
 

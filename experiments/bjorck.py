@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import best_lr, done, final_score, ratio, score, select
 from bnlab.claims import Context, Finding
 from bnlab.data import load
@@ -70,7 +70,7 @@ def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_n
                           label=plots.LABELS[arm] if seed == seeds[0] else None)
         first = select(runs, norm__name=arm).sort_values(["optim.lr", "seed"])
         if len(first):
-            acts = collect.activations(first.path.iloc[0])
+            acts = runlog.activations(first.path.iloc[0])
             a = acts[acts.step == 0].sort_values("layer")
             ax[0, 2].plot(a.layer + 1, a["std"], marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
         for seed in seeds:

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from bnlab import plots
+from bnlab import plots, runlog
 from bnlab.analysis import done
 from bnlab.claims import Context, Finding
 from bnlab.data import load
@@ -36,9 +36,9 @@ def analyze(ctx: Context) -> list[Finding]:
     by_class = torch.argsort(y, stable=True)  # class-sorted batches: the non-i.i.d. case
     rows = []
     for _, r in runs.iterrows():
-        cfg = OmegaConf.load(Path(r.path) / "config.yaml")
+        cfg = OmegaConf.load(Path(r.path) / runlog.CONFIG)
         model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes)
-        model.load_state_dict(torch.load(Path(r.path) / "model.pt"))
+        model.load_state_dict(torch.load(Path(r.path) / runlog.MODEL))
         row = {"momentum": r["norm.momentum"], "seed": int(r.seed), "running": r.final_test_acc}
         for b in TEST_BATCHES:
             row[f"iid {b}"] = batch_statistics_accuracy(model, x, y, b)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import curves, done, score_difference, select, value_at
 from bnlab.claims import Context, Finding
 
@@ -27,7 +27,7 @@ def analyze(ctx: Context) -> list[Finding]:
         r = select(runs, norm__name=arm, optim__lr=lrs[0])
         if not len(r):
             continue
-        acts = collect.activations(r.sort_values("seed").path.iloc[0])
+        acts = runlog.activations(r.sort_values("seed").path.iloc[0])
         a = acts[acts.layer == layer]
         edges = np.linspace(-ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_range, ctx.cfg.trainer.hist_bins + 1)
         mids = (edges[1:] + edges[:-1]) / 2
@@ -41,7 +41,7 @@ def analyze(ctx: Context) -> list[Finding]:
                   yticks=[])
     fig_path = plots.save(fig, ctx.figure_path("curves_histograms"))
     steps = ctx.cfg.trainer.steps
-    table = runs.assign(acc=[value_at(c, steps) for c in [collect.metrics(p) for p in runs.path]])
+    table = runs.assign(acc=[value_at(c, steps) for c in [runlog.metrics(p) for p in runs.path]])
     table = table.groupby(["norm.name", "optim.lr"]).acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, f"CIFAR-10 CNN: test accuracy after {steps} steps (NaN: diverged)")
     at = lambda arm, lr: {"norm__name": arm, "optim__lr": lr}  # noqa: E731

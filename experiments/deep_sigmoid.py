@@ -1,6 +1,6 @@
 """Ioffe §4.2.2 (BN-x5-Sigmoid analogue): a 10-layer sigmoid MLP trains only with BN."""
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import curves, done, fraction_beyond, score, select
 from bnlab.claims import Context, Finding
 
@@ -34,7 +34,7 @@ def analyze(ctx: Context) -> list[Finding]:
         r = select(runs_at_best_init[arm], optim__lr=best[arm])
         if not len(r):
             continue
-        acts = collect.activations(r.sort_values("seed").path.iloc[0])
+        acts = runlog.activations(r.sort_values("seed").path.iloc[0])
         for step, style in ((acts.step.min(), ":"), (acts.step.max(), "-")):
             a = acts[acts.step == step].sort_values("layer")
             ax_sat.plot(a.layer, fraction_beyond(a, 4.0, ctx.cfg.trainer.hist_range), style, marker="o", ms=3,

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.claims import Context, Finding
 from bnlab.data import load
 from bnlab.models import init_model
@@ -36,7 +36,7 @@ def converged(run, fraction: float) -> bool:
     """Finished, with the last interval's training loss at most `fraction` of the loss at initialisation."""
     if run.status != "finished":
         return False
-    m = collect.metrics(run.path)
+    m = runlog.metrics(run.path)
     return bool(m.train_loss.dropna().iloc[-1] <= fraction * m.test_loss.iloc[0])
 
 

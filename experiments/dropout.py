@@ -3,7 +3,7 @@ training set small enough to overfit."""
 
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import done, final_score
 from bnlab.claims import Context, Finding
 
@@ -15,7 +15,7 @@ def analyze(ctx: Context) -> list[Finding]:
     rates = sorted(runs["model.dropout"].unique())
     rows = []
     for _, r in runs.iterrows():
-        m = collect.metrics(r.path).iloc[-1]
+        m = runlog.metrics(r.path).iloc[-1]
         rows.append({"arm": r["norm.name"], "dropout": r["model.dropout"], "seed": int(r.seed),
                      "test": final_score(r), "gap": m.train_eval_acc - m.test_acc})
     t = pd.DataFrame(rows)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import best_lr, curves, done, ratio, select, steps_to, value_at
 from bnlab.claims import Context, Finding
 
@@ -55,7 +55,7 @@ def draw(ctx: Context, runs: pd.DataFrame, best: dict, layer: int, drift: pd.Dat
             a = ax[row, col]
             r = select(runs, norm__name=arm, optim__lr=lr).sort_values("seed")
             if len(r):
-                acts = collect.activations(r.path.iloc[0])
+                acts = runlog.activations(r.path.iloc[0])
                 acts = acts[acts.layer == layer]
                 for p, style, width in ((85, "--", 0.9), (50, "-", 1.4), (15, ":", 1.2)):
                     a.plot(acts.step, acts[f"u0_p{p}"], style, lw=width, color=plots.COLORS[arm], label=f"{p}th")
@@ -76,7 +76,7 @@ def drift_by_lr(runs: pd.DataFrame, layer: int, units: int, after_step: float) -
         at = select(runs, optim__lr=lr)
         ratios = []
         for s in sorted(set(select(at, norm__name="none").seed) & set(select(at, norm__name="batch").seed)):
-            d = {arm: drift(collect.activations(select(at, norm__name=arm, seed=s).path.iloc[0]), layer, units,
+            d = {arm: drift(runlog.activations(select(at, norm__name=arm, seed=s).path.iloc[0]), layer, units,
                             after_step) for arm in ARMS}
             ratios.append(d["batch"] / d["none"])
         if ratios:
@@ -129,7 +129,7 @@ def analyze(ctx: Context) -> list[Finding]:
     findings.append(Finding("I1_accuracy", gain, "final test accuracy, BN minus baseline, in points", fig_path))
     drift_ratio = []
     for s in sorted(set(shared_runs["none"].seed) & set(shared_runs["batch"].seed)):
-        d = {arm: drift(collect.activations(select(shared_runs[arm], seed=s).path.iloc[0]), layer, units,
+        d = {arm: drift(runlog.activations(select(shared_runs[arm], seed=s).path.iloc[0]), layer, units,
                         0.05 * steps) for arm in ARMS}
         drift_ratio.append(d["batch"] / d["none"])
     findings.append(Finding("I2_stable", drift_ratio, "drift ratio BN/none of the last hidden layer's "

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from bnlab import collect, plots
+from bnlab import plots, runlog
 from bnlab.analysis import done, select
 from bnlab.claims import Context, Finding
 
@@ -15,7 +15,7 @@ TITLES = {"skew": "skewness of x", "excess_kurtosis": "excess kurtosis of x", "j
 def wu_over_u(run) -> float:
     """At the end of training, median |excess kurtosis| of Wu + b over that of u, per hidden layer after the first
     (the first layer's u is the image), then the median over those layers: one value per run."""
-    acts = collect.activations(run.path)
+    acts = runlog.activations(run.path)
     a = acts[(acts.layer > 0) & (acts.step == acts.step.max())]
     return float(np.median(a.abs_kurtosis_wu / a.abs_kurtosis_u)) if len(a) else float("nan")
 
@@ -28,7 +28,7 @@ def analyze(ctx: Context) -> list[Finding]:
     for i, act in enumerate(acts_fns):
         for arm in ARMS:
             r = select(runs, model__activation=act, norm__name=arm)
-            tables = [collect.activations(p) for p in r.path]
+            tables = [runlog.activations(p) for p in r.path]
             last = [t[t.layer == t.layer.max()] for t in tables]
             for j, stat in enumerate(stats):
                 plots.band(ax[i, j], last, "step", stat, plots.COLORS[arm], plots.LABELS[arm])
@@ -40,7 +40,7 @@ def analyze(ctx: Context) -> list[Finding]:
     fig_path = plots.save(fig, ctx.figure_path("moments"))
     rows = []
     for _, r in runs.iterrows():
-        a = collect.activations(r.path)
+        a = runlog.activations(r.path)
         a = a[a.step == a.step.max()]
         for _, row in a.iterrows():
             rows.append({"activation": r["model.activation"], "arm": r["norm.name"], "layer": int(row.layer) + 1,

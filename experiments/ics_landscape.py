@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from bnlab import collect, figures
+from bnlab import figures, runlog
 from bnlab.analysis import done, layer_cells, per_seed_ratio, probe_median, seed_pairs
 from bnlab.claims import Context, Finding
 
@@ -16,7 +16,7 @@ def matched_loss_ratio(bn_run, plain_run, column: str) -> float:
     """Median over BN's landscape probes of column(BN) / column(none) at the standard network's probe with the
     nearest training-batch loss (log scale), within the loss range both runs cover: a comparison at equal
     progress, where a comparison at equal step flatters the network that is further along."""
-    bn, plain = (collect.probes(r.path) for r in (bn_run, plain_run))
+    bn, plain = (runlog.probes(r.path) for r in (bn_run, plain_run))
     bn, plain = (p[(p.kind == "landscape") & (p.direction == "gradient")] for p in (bn, plain))
     lo, hi = max(bn.loss.min(), plain.loss.min()), min(bn.loss.max(), plain.loss.max())
     bn = bn[(bn.loss >= lo) & (bn.loss <= hi)]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bnlab import collect
+from bnlab import runlog
 from bnlab.config import REPO_ROOT
 from bnlab.plot import main
 from bnlab.train import train
@@ -29,10 +29,10 @@ def test_plot_draws_any_runs_grouped_by_any_key(sweep, tmp_path, capsys, kind, e
     assert (tmp_path / f"{kind}.png").stat().st_size > 10_000 and (tmp_path / f"{kind}.pdf").exists()
 
 
-def test_collect_loads_run_folders_and_sweep_folders_alike(sweep):
-    one = collect.load([sweep / "norm=none,optim.lr=0.1"])
+def test_runlog_loads_run_folders_and_sweep_folders_alike(sweep):
+    one = runlog.load([sweep / "norm=none,optim.lr=0.1"])
     assert len(one) == 1 and one["norm.name"].item() == "none"
-    both = collect.load([sweep, sweep / "norm=none,optim.lr=0.1"])
+    both = runlog.load([sweep, sweep / "norm=none,optim.lr=0.1"])
     assert len(both) == 4 and set(both["optim.lr"]) == {0.1, 0.5}
 
 

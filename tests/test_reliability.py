@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bnlab import collect
+from bnlab import runlog
 from bnlab.config import REPO_ROOT
 from bnlab.runlog import read_jsonl
 from bnlab.train import train
@@ -53,7 +53,7 @@ def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tm
 
     r = run_cli(["bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", *sweep_args])
     assert r.returncode == 0, r.stderr
-    runs = collect.runs(sweep)
+    runs = runlog.runs(sweep)
     assert sorted(runs.seed) == [0, 1, 2, 3] and set(runs.status) == {"finished"}  # none lost, none twice
     for name, text in finished_before.items():  # finished runs were not retrained
         assert (sweep / name / "summary.json").read_text() == text
@@ -83,7 +83,7 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
                  "trainer.steps=20", "trainer.eval_every=10", "trainer.probe_every=10", "trainer.probe_size=50",
                  "trainer.progress=false", "data.download=false", "seed=0,1", "hydra.sweep.subdir=${hydra.job.num}"])
     assert r.returncode != 0  # Hydra reports the failure at the end, after every job has run
-    runs = collect.runs(tmp_path / "out" / "cpu" / "adhoc")
+    runs = runlog.runs(tmp_path / "out" / "cpu" / "adhoc")
     status = {(root, seed): s for root, seed, s in zip(runs["data.root"], runs.seed, runs.status, strict=True)}
     assert status == {(str(data_root), 0): "finished", (str(data_root), 1): "finished",
                       (str(corrupt), 0): "failed", (str(corrupt), 1): "failed"}

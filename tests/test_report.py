@@ -1,4 +1,4 @@
-"""The collector and the verdict logic, on hand-made run directories."""
+"""Reading run directories back (runlog) and the verdict logic, on hand-made run directories."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from bnlab import collect
+from bnlab import runlog
 from bnlab.analysis import best_lr, layer_cells, moment_change, ratio, steps_to
 from bnlab.claims import Finding, claim_verdict, replicates, verdict
 from bnlab.config import run_identity
@@ -36,8 +36,8 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def test_collector_lists_every_run_with_its_status(sweep):
-    runs = collect.runs(sweep)
+def test_runlog_lists_every_run_with_its_status(sweep):
+    runs = runlog.runs(sweep)
     assert len(runs) == 6
     assert runs.set_index(runs.path.str[-1]).status.to_dict() == {
         "a": "finished", "b": "finished", "c": "diverged", "d": "finished", "e": "failed", "f": "incomplete"}
@@ -45,7 +45,7 @@ def test_collector_lists_every_run_with_its_status(sweep):
 
 
 def test_best_lr_counts_a_diverged_seed_as_chance(sweep):
-    runs = collect.runs(sweep)
+    runs = runlog.runs(sweep)
     runs = runs[runs["norm.name"] == "none"]
     # lr 1.0: median of (chance 0.1, 0.99) = 0.545 < lr 0.1: median of (0.90, 0.92) = 0.91
     assert best_lr(runs, "norm.name") == {"none": 0.1}
@@ -64,7 +64,7 @@ def test_moment_changes_pair_runs_layer_by_layer(tmp_path):
         d = fake_run(tmp_path, norm, 0.1, norm, 0, "finished")
         (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "dmean_L0": m, "dvar_L0": v, "dmean_L1": 2 * m})
                                                  + "\n" for s, (m, v) in enumerate(changes)))
-    runs = collect.runs(tmp_path)
+    runs = runlog.runs(tmp_path)
     assert moment_change(runs.iloc[1]) == {0: 0.3, 1: 0.6}  # medians over steps, per layer
     assert moment_change(runs.iloc[1], moment="var") == {0: 4.0}
     cells = layer_cells(runs, "lp2", "none", moment_change)
