@@ -8,12 +8,12 @@ under its own seed), data order, learning rate, momentum, weight decay, dropout 
 `member(k)` hands out member k as an ordinary `Net`, so evaluation, probes and checkpoints are the single-run
 code. Members match the same run trained alone to float rounding.
 
-Only MLPs are stacked, with no normaliser, BN, the lp normalisers or the noisy ones (`STACKABLE_NORMS`); every
-other run trains alone. A run alone draws its dropout masks and noise from the global RNG, which nothing else in
-its training step touches; a member draws them from its own generator, started in the same state and drawn in
-the same order, so its masks and noise are those of its run alone. Each member's moment tracker is fed the
-batch moments the stack computes, where a run alone's tracker hooks its forward. Probes that move the weights
-(ICS, landscape) work on member k's copy.
+Only MLPs are stacked, with a normaliser that `StackedMLP.normalise` knows (`STACKABLE_NORMS`: every one in the
+registry today; a new one trains alone until it is added there); every other run trains alone. A run alone draws
+its dropout masks and noise from the global RNG, which nothing else in its training step touches; a member draws
+them from its own generator, started in the same state and drawn in the same order, so its masks and noise are
+those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
+alone's tracker hooks its forward. Probes that move the weights (ICS, landscape) work on member k's copy.
 Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
 on a free view (1, K*width, batch).
 """
@@ -29,7 +29,7 @@ from torch.func import stack_module_state
 
 from bnlab.config import flatten, role
 from bnlab.models import Net
-from bnlab.norms import AlgOneNoise, LpNorm
+from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm
 from bnlab.probes import MomentTracker
 
 # The training losses, each averaged (or summed) over a batch.
@@ -99,7 +99,8 @@ class SingleModel:
 
 
 
-STACKABLE_NORMS = ("none", "batch", "lp1", "lp2", "lpinf", "noisy_batch", "noisy_none")
+STACKABLE_NORMS = ("none", "batch", "lp1", "lp2", "lpinf", "noisy_batch", "noisy_none", "layer", "group",
+                   "batch_renorm")
 
 
 def stack_key(cfg: DictConfig) -> str | None:
@@ -195,6 +196,30 @@ class StackedMLP:
                 b[f"{name}.running_scale"].lerp_(scale.squeeze(2), norm.momentum)
             x = (x - mean) / (scale + norm.eps)
             return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+        if isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):  # per example, over (groups of) units
+            k, c, n = x.shape
+            rows = x.transpose(1, 2).reshape(k * n, c)  # each example's units as a run alone lays them out
+            rows = F.layer_norm(rows, (c,), eps=norm.eps) if isinstance(norm, torch.nn.LayerNorm) \
+                else F.group_norm(rows, norm.num_groups, eps=norm.eps)
+            x = rows.view(k, n, c).transpose(1, 2).contiguous()
+            return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+        if isinstance(norm, BatchRenorm):  # BatchRenorm.forward over each member's batch (dim 2)
+            mean, var = x.mean(2, keepdim=True), x.var(2, unbiased=False, keepdim=True)
+            std = (var + norm.eps).sqrt()
+            y = (x - mean) / std
+            running_mean, running_var, steps = (b[f"{name}.{buf}"] for buf in ("running_mean", "running_var", "steps"))
+            # The members of a stack start together, so they leave the warm-up (plain BN) together; r and d enter
+            # only after it, as in a run alone (an exploding run's r can be inf / inf before then)
+            if bool((steps >= norm.warmup).all()):
+                running_std = (running_var + norm.eps).sqrt().unsqueeze(2)
+                r = (std.detach() / running_std).clamp(1 / norm.rmax, norm.rmax)
+                d = ((mean.detach() - running_mean.unsqueeze(2)) / running_std).clamp(-norm.dmax, norm.dmax)
+                y = y * r + d
+            with torch.no_grad():
+                running_mean.lerp_(mean.squeeze(2), norm.momentum)
+                running_var.lerp_(x.var(2, unbiased=True), norm.momentum)
+                steps += 1
+            return y if weight is None else y * weight.unsqueeze(2) + bias.unsqueeze(2)
         if isinstance(norm, AlgOneNoise):  # each member's noise from its own generator, as its run alone draws it
             k, c, n = x.shape
             draws = [norm.sample(n, c, g)[2:] for g in self.generators]

@@ -113,7 +113,8 @@ def train_alone_and_twins(cfgs, tmp_path, monkeypatch) -> list[dict]:
 # Every stackable normaliser; the moment tracker (Santurkar Fig. 8) where the experiments use it.
 STACKED_NORMS = {"none": [], "batch": [], "batch, moments": ["norm=batch", "trainer.moment_units=2"],
                  "lp1": [], "lp2": [], "lpinf": ["trainer.moment_units=2"],
-                 "noisy_batch": ["trainer.moment_units=2"], "noisy_none": []}
+                 "noisy_batch": ["trainer.moment_units=2"], "noisy_none": [], "layer": [], "group": ["norm.groups=4"],
+                 "batch_renorm": ["norm.renorm_warmup=50"]}
 
 
 @pytest.mark.parametrize("norm", STACKED_NORMS)
@@ -199,7 +200,7 @@ def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != stack_key(base)
     assert stack_key(make_cfg(data_root / "elsewhere", tmp_path)) != stack_key(base)  # a stack loads its data once
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.moment_units=2"])) != stack_key(base)
-    for alone in (["norm=layer"], ["norm=group"], ["model=cnn"], ["wandb.mode=offline"]):
+    for alone in (["model=cnn"], ["wandb.mode=offline"]):
         assert stack_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
 
