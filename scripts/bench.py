@@ -34,6 +34,9 @@ WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
     "MNIST MLP 784-100x3-10 sigmoid, no BN": ("fig1", ["norm=none", "optim.lr=0.5"], 60),
     "MNIST MLP 784-100x3-10 sigmoid, BN": ("fig1", ["norm=batch", "optim.lr=0.5"], 60),
     "CIFAR-10 CNN 16-32-64, BN": ("cifar", ["norm=batch", "optim.lr=0.1"], 128),
+    # small batches are all per-operation overhead: what stacking is for
+    "MNIST MLP 784-256x2-10 ReLU, LayerNorm, batch 2": ("small_batch", ["norm=layer", "trainer.batch_size=2"], 2),
+    "MNIST MLP 784-256x2-10 ReLU, GroupNorm, batch 2": ("small_batch", ["norm=group", "trainer.batch_size=2"], 2),
 }
 
 
