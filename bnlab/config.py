@@ -9,7 +9,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -24,55 +24,63 @@ OmegaConf.register_new_resolver("idiv", lambda a, b: int(a) // int(b), replace=T
 OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 
 
-class Preprocess(StrEnum):
+class Choice(str, Enum):
+    """One of a fixed set of strings: equal to, printed, formatted and JSON-encoded as its value (what
+    `enum.StrEnum` does from Python 3.11; this also runs on 3.10)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Preprocess(Choice):
     unit = "unit"  # pixels / 255
     standardize = "standardize"  # per-channel z-score
     binarize = "binarize"  # pixels > 0.5
 
 
-class Arch(StrEnum):
+class Arch(Choice):
     mlp = "mlp"
     cnn = "cnn"
 
 
-class Init(StrEnum):
+class Init(Choice):
     normal = "normal"  # N(init_mean, init_std)
     xavier = "xavier"
     kaiming = "kaiming"
     default = "default"  # torch's own
 
 
-class Loss(StrEnum):
+class Loss(Choice):
     cross_entropy = "cross_entropy"
     mse = "mse"
     mse_sum = "mse_sum"  # Santurkar's DLN: summed squared error
 
 
-class WandbMode(StrEnum):
+class WandbMode(Choice):
     disabled = "disabled"
     offline = "offline"
     online = "online"
 
 
-class Device(StrEnum):
+class Device(Choice):
     cpu = "cpu"
     cuda = "cuda"
     mps = "mps"
     auto = "auto"  # the best present
 
 
-class Scale(StrEnum):
+class Scale(Choice):
     smoke = "smoke"
     cpu = "cpu"
     paper = "paper"
 
 
-class Direction(StrEnum):
+class Direction(Choice):
     ge = "ge"  # measured >= threshold passes
     le = "le"  # measured <= threshold passes
 
 
-class ClaimKind(StrEnum):
+class ClaimKind(Choice):
     claim = "claim"  # evidence
     check = "check"  # holds by construction: confirms the implementation
 
