@@ -25,8 +25,10 @@ LOGS = ("metrics.jsonl", "activations.jsonl", "probes.jsonl")
 # How far a stacked member may stray from its run alone, in units of how far rounding alone moves that run.
 # A stack's bmm rounds differently from a lone run's addmm, by less than an ulp of each weight per step; the
 # rounding twin below moves every weight by a whole ulp every step, so on any CPU it strays at least as far
-# from the run alone as an honest stack does (AMD with AVX-512: the stack at 0.005-0.51 of the twin's deviation).
-# A real bug (another member's batches, learning rate or BN statistics) strays 10^2-10^8 times further.
+# from the run alone as an honest stack does (AMD with AVX-512: without BN or with it, the stack at 0.005-0.51 of
+# the twin's deviation; a noisy network's landscape probe, which amplifies rounding chaotically, up to ~3x one
+# twin's and within the further of two twins). A real bug (another member's batches, learning rate or BN
+# statistics) strays 10^2-10^8 times further.
 ROUNDING_MARGIN = 4.0
 FLOOR = 1e-6  # a few float32 ulps: deviations below this are equal
 TWIN_SEEDS = (0, 1)
