@@ -1,7 +1,7 @@
 """The config schema: every key bnlab accepts, its type and its default.
 
 Hydra checks the composed YAML against these dataclasses, so `optim.lr=abc` or a misspelt key is an
-error at start-up, and so is a value outside a fixed set (the Enums below, which `--help` and the error list).
+error at start-up, and so is a value outside a fixed set (the Enums below; the error lists the options).
 `bnlab.validate` then checks what a type cannot express (names in registries, ranges).
 """
 
