@@ -123,6 +123,11 @@ STACKED_LOSSES = {
 }
 
 
+def _affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """Each member's gamma and beta (K x units) on K x units x batch; as the modules apply them after normalising."""
+    return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+
+
 def _momentum_buffer(opt: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor:
     buf = opt.state.get(param, {}).get("momentum_buffer")
     return torch.zeros_like(param) if buf is None else buf
@@ -195,14 +200,14 @@ class StackedMLP:
                 b[f"{name}.running_mean"].lerp_(mean.squeeze(2), norm.momentum)
                 b[f"{name}.running_scale"].lerp_(scale.squeeze(2), norm.momentum)
             x = (x - mean) / (scale + norm.eps)
-            return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+            return _affine(x, weight, bias)
         if isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):  # per example, over (groups of) units
             k, c, n = x.shape
             rows = x.transpose(1, 2).reshape(k * n, c)  # each example's units as a run alone lays them out
             rows = F.layer_norm(rows, (c,), eps=norm.eps) if isinstance(norm, torch.nn.LayerNorm) \
                 else F.group_norm(rows, norm.num_groups, eps=norm.eps)
             x = rows.view(k, n, c).transpose(1, 2).contiguous()
-            return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+            return _affine(x, weight, bias)
         if isinstance(norm, BatchRenorm):  # BatchRenorm.forward over each member's batch (dim 2)
             mean, var = x.mean(2, keepdim=True), x.var(2, unbiased=False, keepdim=True)
             std = (var + norm.eps).sqrt()
@@ -219,7 +224,7 @@ class StackedMLP:
                 running_mean.lerp_(mean.squeeze(2), norm.momentum)
                 running_var.lerp_(x.var(2, unbiased=True), norm.momentum)
                 steps += 1
-            return y if weight is None else y * weight.unsqueeze(2) + bias.unsqueeze(2)
+            return _affine(y, weight, bias)
         if isinstance(norm, AlgOneNoise):  # each member's noise from its own generator, as its run alone draws it
             k, c, n = x.shape
             draws = [norm.sample(n, c, g)[2:] for g in self.generators]
