@@ -67,17 +67,25 @@ class LpNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = _units_last(x)
         if self.training:
-            mean = a.mean(0)
-            scale = a.abs().amax(0) if self.p == float("inf") else a.abs().pow(self.p).mean(0).pow(1 / self.p)
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_scale.lerp_(scale, self.momentum)
+            y = lp_normalise(a, 0, self.p, self.eps, self.running_mean, self.running_scale, self.momentum)
         else:
-            mean, scale = self.running_mean, self.running_scale
-        y = (a - mean) / (scale + self.eps)
+            y = (a - self.running_mean) / (self.running_scale + self.eps)
         if self.weight is not None:
             y = y * self.weight + self.bias
         return _units_back(y, x)
+
+
+def lp_normalise(a: torch.Tensor, dim: int, p: float, eps: float, running_mean: torch.Tensor,
+                 running_scale: torch.Tensor, momentum: float) -> torch.Tensor:
+    """LpNorm in training mode over the batch dimension `dim` (a run's N x C, or a stack's K x C x N), updating
+    the running averages in place (shaped as the statistics without `dim`)."""
+    mean = a.mean(dim, keepdim=True)
+    scale = a.abs().amax(dim, keepdim=True) if p == float("inf") else \
+        a.abs().pow(p).mean(dim, keepdim=True).pow(1 / p)
+    with torch.no_grad():
+        running_mean.lerp_(mean.squeeze(dim), momentum)
+        running_scale.lerp_(scale.squeeze(dim), momentum)
+    return (a - mean) / (scale + eps)
 
 
 class BatchRenorm(nn.Module):
@@ -98,23 +106,33 @@ class BatchRenorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = _units_last(x)
         if self.training:
-            mean, var = a.mean(0), a.var(0, unbiased=False)
-            std = (var + self.eps).sqrt()
-            y = (a - mean) / std
-            if self.steps >= self.warmup:
-                running_std = (self.running_var + self.eps).sqrt()
-                r = (std.detach() / running_std).clamp(1 / self.rmax, self.rmax)
-                d = ((mean.detach() - self.running_mean) / running_std).clamp(-self.dmax, self.dmax)
-                y = y * r + d
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(a.var(0, unbiased=True), self.momentum)
-                self.steps += 1
+            y = renormalise(self, a, 0, self.running_mean, self.running_var, self.steps)
         else:
             y = (a - self.running_mean) / (self.running_var + self.eps).sqrt()
         if self.weight is not None:
             y = y * self.weight + self.bias
         return _units_back(y, x)
+
+
+def renormalise(norm: BatchRenorm, a: torch.Tensor, dim: int, running_mean: torch.Tensor,
+                running_var: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """BatchRenorm in training mode over the batch dimension `dim` (a run's N x C, or a stack's K x C x N) with
+    `norm`'s settings and the given statistics, updated in place (shaped as the statistics without `dim`)."""
+    mean, var = a.mean(dim, keepdim=True), a.var(dim, unbiased=False, keepdim=True)
+    std = (var + norm.eps).sqrt()
+    y = (a - mean) / std
+    # r and d only after the warm-up: before it an exploding run's r can be inf / inf (the members of a stack
+    # start together, so they leave the warm-up together)
+    if bool((steps >= norm.warmup).all()):
+        running_std = (running_var + norm.eps).sqrt().unsqueeze(dim)
+        r = (std.detach() / running_std).clamp(1 / norm.rmax, norm.rmax)
+        d = ((mean.detach() - running_mean.unsqueeze(dim)) / running_std).clamp(-norm.dmax, norm.dmax)
+        y = y * r + d
+    with torch.no_grad():
+        running_mean.lerp_(mean.squeeze(dim), norm.momentum)
+        running_var.lerp_(a.var(dim, unbiased=True), norm.momentum)
+        steps += 1
+    return y
 
 
 def _none(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:

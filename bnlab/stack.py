@@ -29,7 +29,7 @@ from torch.func import stack_module_state
 
 from bnlab.config import flatten, role
 from bnlab.models import Net
-from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm
+from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm, lp_normalise, renormalise
 from bnlab.probes import MomentTracker
 
 # The training losses, each averaged (or summed) over a batch.
@@ -192,15 +192,9 @@ class StackedMLP:
                              training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
             b[f"{name}.num_batches_tracked"] += 1
             return x
-        if isinstance(norm, LpNorm):  # LpNorm.forward over each member's batch (dim 2)
-            mean = x.mean(2, keepdim=True)
-            scale = x.abs().amax(2, keepdim=True) if norm.p == float("inf") else \
-                x.abs().pow(norm.p).mean(2, keepdim=True).pow(1 / norm.p)
-            with torch.no_grad():
-                b[f"{name}.running_mean"].lerp_(mean.squeeze(2), norm.momentum)
-                b[f"{name}.running_scale"].lerp_(scale.squeeze(2), norm.momentum)
-            x = (x - mean) / (scale + norm.eps)
-            return _affine(x, weight, bias)
+        if isinstance(norm, LpNorm):  # LpNorm's own training step, over each member's batch (dim 2)
+            return _affine(lp_normalise(x, 2, norm.p, norm.eps, b[f"{name}.running_mean"],
+                                        b[f"{name}.running_scale"], norm.momentum), weight, bias)
         if isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):  # per example, over (groups of) units
             k, c, n = x.shape
             rows = x.transpose(1, 2).reshape(k * n, c)  # each example's units as a run alone lays them out
@@ -208,22 +202,8 @@ class StackedMLP:
                 else F.group_norm(rows, norm.num_groups, eps=norm.eps)
             x = rows.view(k, n, c).transpose(1, 2).contiguous()
             return _affine(x, weight, bias)
-        if isinstance(norm, BatchRenorm):  # BatchRenorm.forward over each member's batch (dim 2)
-            mean, var = x.mean(2, keepdim=True), x.var(2, unbiased=False, keepdim=True)
-            std = (var + norm.eps).sqrt()
-            y = (x - mean) / std
-            running_mean, running_var, steps = (b[f"{name}.{buf}"] for buf in ("running_mean", "running_var", "steps"))
-            # The members of a stack start together, so they leave the warm-up (plain BN) together; r and d enter
-            # only after it, as in a run alone (an exploding run's r can be inf / inf before then)
-            if bool((steps >= norm.warmup).all()):
-                running_std = (running_var + norm.eps).sqrt().unsqueeze(2)
-                r = (std.detach() / running_std).clamp(1 / norm.rmax, norm.rmax)
-                d = ((mean.detach() - running_mean.unsqueeze(2)) / running_std).clamp(-norm.dmax, norm.dmax)
-                y = y * r + d
-            with torch.no_grad():
-                running_mean.lerp_(mean.squeeze(2), norm.momentum)
-                running_var.lerp_(x.var(2, unbiased=True), norm.momentum)
-                steps += 1
+        if isinstance(norm, BatchRenorm):  # BatchRenorm's own training step, over each member's batch (dim 2)
+            y = renormalise(norm, x, 2, *(b[f"{name}.{buf}"] for buf in ("running_mean", "running_var", "steps")))
             return _affine(y, weight, bias)
         if isinstance(norm, AlgOneNoise):  # each member's noise from its own generator, as its run alone draws it
             k, c, n = x.shape
