@@ -19,7 +19,6 @@ from pathlib import Path
 
 import hydra
 import torch
-import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -42,30 +41,6 @@ from bnlab.runlog import (
 )
 from bnlab.stack import LOSSES, SingleModel, StackedMLP, Stepper, stack_key
 from bnlab.validate import validate
-
-
-@torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float | None]:
-    """Loss and accuracy in eval mode (running statistics), the way a deployed model is scored.
-
-    Cross-entropy and `mse` are averaged; `mse_sum` is summed over the whole set, as it is trained."""
-    # A CNN's activations for 1,000 images overflow the cache: a 10k CIFAR pass takes 3.6 s in chunks of 1,000
-    # and 1.7 s in chunks of 256 (one thread, measured); MLP chunks of 256-1,000 cost the same.
-    chunk = 256 if model.conv else 1000
-    was_training = model.training
-    model.eval()
-    total, correct = 0.0, 0
-    for i in range(0, len(x), chunk):
-        out = model(x[i:i + chunk])
-        if loss == "cross_entropy":
-            total += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
-            correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
-        else:
-            total += F.mse_loss(out, y[i:i + chunk], reduction="sum").item()
-    model.train(was_training)
-    if loss == "cross_entropy":
-        return total / len(x), correct / len(x)
-    return (total if loss == "mse_sum" else total / y.numel()), None
 
 
 def due(step: int, every: int) -> bool:
@@ -129,12 +104,14 @@ class Clock:
 
     @staticmethod
     @contextlib.contextmanager
-    def probing(m: "Member"):
+    def probing(members: list["Member"]):
+        """Charge what runs inside to `members`' probe time, shared out equally (a stack evaluates them at once)."""
         start = time.perf_counter()
         try:
             yield
         finally:
-            m.state.probe_time += time.perf_counter() - start
+            for m in members:
+                m.state.probe_time += (time.perf_counter() - start) / len(members)
 
 
 @dataclass
@@ -174,16 +151,16 @@ class Member:
     status: str = "finished"
     diverged_at: int | None = None
 
-    def log_eval(self, net: Net, step: int, sc: Scoring) -> None:
-        test_loss, test_acc = evaluate(net, sc.test_x, sc.test_y, sc.tc.loss)
+    def log_eval(self, step: int, test: tuple, train_eval: tuple | None, sc: Scoring) -> None:
+        """One row of metrics: the (loss, accuracy) `Stepper.evaluate` gave on the test set (and the training
+        subset), the interval's training means, the moment tracker's changes."""
         train_loss, train_acc = self.state.take_interval(sc.tc.loss == "cross_entropy")
-        row = {"step": step, "test_loss": test_loss, "test_acc": test_acc, "train_loss": train_loss,
+        row = {"step": step, "test_loss": test[0], "test_acc": test[1], "train_loss": train_loss,
                "train_acc": train_acc, "train_time": self.state.train_time}
         if self.tracker:
             row.update({f"{key}_L{r['layer']}": r[key] for r in self.tracker.rows() for key in ("dmean", "dvar")})
-        if sc.tc.train_eval_size:
-            row["train_eval_loss"], row["train_eval_acc"] = evaluate(net, sc.train_x[sc.train_eval],
-                                                                     sc.train_y[sc.train_eval], sc.tc.loss)
+        if train_eval:
+            row["train_eval_loss"], row["train_eval_acc"] = train_eval
         self.run.append_rows(METRICS, [row])
         self.mirror.log(row, step)
 
@@ -349,10 +326,11 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
     try:
         for m in members:
             m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name, identity=m.identity)
-        for k, m in enumerate(members if step == 0 else []):
-            with clock.probing(m):
-                m.log_eval(model.member(k), 0, sc)
-                m.log_activations(model.member(k), 0, sc)
+        if step == 0:
+            log_evals(model, members, range(len(members)), 0, sc, clock)
+            for k, m in enumerate(members):
+                with clock.probing([m]):
+                    m.log_activations(model.member(k), 0, sc)
         bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, mininterval=2.0, leave=False,
                    desc=(members[0].run.path.name if len(members) == 1 else f"{len(members)} stacked runs")[:40],
                    file=sys.stderr)
@@ -363,7 +341,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
             if ics or land:  # on each member's batch of this step, before its update
                 with clock.paused(active):
                     for k, m in enumerate(active):
-                        with clock.probing(m):
+                        with clock.probing([m]):
                             m.log_gradient_probes(model.member(k), step, idx[k], sc, ics, land)
             losses, correct = model.step(idx)
             step += 1
@@ -373,18 +351,17 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
                 with clock.paused(active):
                     for k in diverged:
                         active[k].status, active[k].diverged_at = "diverged", step
-                        with clock.probing(active[k]):
-                            active[k].log_eval(model.member(k), step, sc)
+                    log_evals(model, active, diverged, step, sc, clock)
                     kept = [k for k in range(len(active)) if k not in diverged]
                     active = [active[k] for k in kept]
                     model.keep(kept)  # its NaNs never meet the others' numbers
             last = step == tc.steps
             if due(step, tc.eval_every) or due(step, tc.probe_every) or due(step, tc.checkpoint_every) or last:
                 with clock.paused(active):
+                    if due(step, tc.eval_every) or last:
+                        log_evals(model, active, range(len(active)), step, sc, clock)
                     for k, m in enumerate(active):
-                        with clock.probing(m):
-                            if due(step, tc.eval_every) or last:
-                                m.log_eval(model.member(k), step, sc)
+                        with clock.probing([m]):
                             if due(step, tc.probe_every) or last:
                                 m.log_activations(model.member(k), step, sc)
                             if due(step, tc.checkpoint_every) and not last:
@@ -401,6 +378,20 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
             atomic_torch_save(model.member(k).state_dict(), m.run.path / MODEL)
     for m in members:
         m.finish(len(members), device)
+
+
+def log_evals(model: Stepper, active: list[Member], ks, step: int, sc: Scoring, clock: Clock) -> None:
+    """Score members `ks` of the stack (indices into `active`) on the test set, and on the training subset where
+    asked, all in one pass, and log a metrics row for each."""
+    ks, members = list(ks), [active[k] for k in ks]
+    if not members:  # every member diverged at this step
+        return
+    with clock.probing(members):
+        tests = model.evaluate(sc.test_x, sc.test_y, ks)
+        train_evals = model.evaluate(sc.train_x[sc.train_eval], sc.train_y[sc.train_eval], ks) \
+            if sc.tc.train_eval_size else [None] * len(ks)
+        for m, test, train_eval in zip(members, tests, train_evals, strict=True):
+            m.log_eval(step, test, train_eval, sc)
 
 
 def run_jobs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:

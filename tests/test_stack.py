@@ -7,8 +7,9 @@ import shutil
 import pytest
 import torch
 
+from bnlab.models import init_model
 from bnlab.runlog import atomic_torch_save, read_jsonl
-from bnlab.stack import SingleModel, StackedMLP, stack_key
+from bnlab.stack import SingleModel, StackedMLP, evaluate, stack_key
 from bnlab.train import train, train_runs
 from tests.conftest import make_cfg, run_cli
 from tests.test_train import history
@@ -141,6 +142,32 @@ def test_each_stacked_member_equals_its_run_trained_alone(data_root, tmp_path, m
         assert not strays(stack, twin), (i, stack, twin)
         config = [(tmp_path / f"{kind}{i}" / "config.yaml").read_text() for kind in ("stacked", "alone")]
         assert config[0] == config[1]
+
+
+@pytest.mark.parametrize("norm", [*STACKED_NORMS, "mse_sum"])
+def test_a_stack_scores_each_member_as_it_is_scored_alone(data_root, tmp_path, norm):
+    """One eval-mode pass over a whole stack (or some of its members) gives each member's loss and accuracy as
+    `evaluate` gives them for that member alone, after a few steps have made BN's running statistics differ."""
+    extra = STACKED_NORMS.get(norm) or ([f"norm={norm}"] if norm != "mse_sum" else
+                                        ["norm=batch", "trainer.loss=mse_sum", "model.activation=identity"])
+    extra = extra if any(o.startswith("norm=") for o in extra) else [f"norm={norm}", *extra]
+    cfgs = [make_cfg(data_root, tmp_path, [*extra, "trainer.steps=30", *m]) for m in MEMBERS]
+    loss = cfgs[0].trainer.loss
+    nets = [init_model(c.model, c.norm, c.seed, (1, 28, 28), 10) for c in cfgs]
+    lr = 1e-5 if loss == "mse_sum" else 0.01  # a summed loss takes far smaller steps
+    opts = [torch.optim.SGD(n.parameters(), lr=lr * (k + 1)) for k, n in enumerate(nets)]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 1, 28, 28, generator=gen)
+    y = torch.randn(300, 10, generator=gen) if loss != "cross_entropy" else torch.randint(0, 10, (300,), generator=gen)
+    stack = StackedMLP(nets, opts, [torch.get_rng_state()] * len(nets), x, y, loss)
+    for _ in range(5):
+        stack.step(torch.randint(0, 300, (len(nets), 32), generator=gen))
+    together, some = stack.evaluate(x, y, [0, 1, 2, 3]), stack.evaluate(x, y, [3, 1])
+    alone = [evaluate(stack.member(k), x, y, loss) for k in range(len(nets))]
+    assert len({a[0] for a in alone}) == len(alone)  # the members differ, so a mix-up would show
+    for (t_loss, t_acc), (a_loss, a_acc) in zip(together, alone, strict=True):
+        assert t_loss == pytest.approx(a_loss, rel=1e-5) and t_acc == a_acc
+    assert some == [together[3], together[1]]
 
 
 BUGS = {

@@ -142,7 +142,7 @@ def test_failure_is_recorded_with_traceback(data_root, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr("bnlab.train.evaluate", boom)
+    monkeypatch.setattr("bnlab.stack.evaluate", boom)
     with pytest.raises(RuntimeError, match="injected fault"):
         run_jobs([cfg], [str(tmp_path / "run")])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -158,9 +158,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
     cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.momentum=0.9", "trainer.steps=40"])
     train(cfg, str(tmp_path / "whole"))
     # Interrupt after step 25: the checkpoint at 20 exists, and rows for 20..25 were already logged.
-    import bnlab.train as trainer
+    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
 
-    real_eval, calls = trainer.evaluate, {"n": 0}
+    real_eval, calls = stack.evaluate, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -168,7 +168,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
             raise KeyboardInterrupt
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    monkeypatch.setattr(stack, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "cut"))
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
@@ -181,9 +181,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
 
 
 def test_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path, monkeypatch):
-    import bnlab.train as trainer
+    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
 
-    real_eval, calls = trainer.evaluate, {"n": 0}
+    real_eval, calls = stack.evaluate, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -191,7 +191,7 @@ def test_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path, monkey
             raise KeyboardInterrupt
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(trainer, "evaluate", interrupted)
+    monkeypatch.setattr(stack, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(data_root, tmp_path, ["optim.lr=0.1"]), str(tmp_path / "run"))
     monkeypatch.undo()
