@@ -160,6 +160,7 @@ class TrainerConfig:
     landscape_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # multiples of lr
     checkpoint_every: int = 5000
     train_eval_size: int = 0  # >0: also score this many training examples in eval mode (train-test gap)
+    param_norms: bool = False  # also log each hidden layer's weight and bias norms at every evaluation
     save_model: bool = False  # keep the final weights as model.pt (for post-hoc evaluation)
     progress: bool = True
 

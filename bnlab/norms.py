@@ -135,6 +135,34 @@ def renormalise(norm: BatchRenorm, a: torch.Tensor, dim: int, running_mean: torc
     return y
 
 
+class DetachedBatchNorm(nn.Module):
+    """BN whose batch mean and variance are constants in backprop: normalisation computed outside the gradient
+    step, the alternative Ioffe & Szegedy §2 reject. The gradient then ignores that the statistics move with the
+    parameters, so it can propose changes (a bias shift, a growing scale) that the normalisation undoes."""
+
+    def __init__(self, num_features: int, cfg: DictConfig):
+        super().__init__()
+        self.eps, self.momentum = cfg.eps, cfg.momentum
+        self.weight = nn.Parameter(torch.ones(num_features)) if cfg.affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if cfg.affine else None
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = _units_last(x)
+        if self.training:
+            with torch.no_grad():  # BN's statistics and running averages, outside autograd
+                mean, var = a.mean(0), a.var(0, unbiased=False)
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(a.var(0, unbiased=True), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        y = (a - mean) / (var + self.eps).sqrt()
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return _units_back(y, x)
+
+
 def _none(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:
     return nn.Identity()
 
@@ -163,6 +191,9 @@ NORMALIZERS: dict[str, Callable[[int, bool, DictConfig], nn.Module]] = {
     # Wu & He 2018: statistics over groups of units per example
     "group": lambda n, spatial, cfg: nn.GroupNorm(cfg.groups, n, eps=cfg.eps, affine=cfg.affine),
     "batch_renorm": lambda n, spatial, cfg: BatchRenorm(n, cfg),
+    # Ioffe & Szegedy §2: BN's statistics held constant in backprop; the linear map keeps its bias, which is what
+    # the paper says then drifts
+    "batch_detached": lambda n, spatial, cfg: DetachedBatchNorm(n, cfg),
     "lp1": partial(_lp, p=1.0),
     "lp2": partial(_lp, p=2.0),
     "lpinf": partial(_lp, p=float("inf")),
@@ -172,4 +203,4 @@ NORMALIZERS: dict[str, Callable[[int, bool, DictConfig], nn.Module]] = {
 NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "layer", "group", "batch_renorm"}
 
 # Normalisers whose training-mode output depends on other examples in the batch (a batch of one is degenerate).
-BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "batch_renorm"}
+BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "batch_renorm", "batch_detached"}

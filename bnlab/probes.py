@@ -255,6 +255,16 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
                 "weight_grad_norms": [grad_of[id(w)].norm().item() for w in _weights(model)]}
 
 
+def parameter_norms(model: Net) -> dict[str, float]:
+    """Frobenius norm of each hidden layer's weight and, where the layer keeps one, its bias (layers 0-based)."""
+    out = {}
+    for i, block in enumerate(model.blocks):
+        out[f"weight_norm_L{i}"] = block.linear.weight.norm().item()
+        if block.linear.bias is not None:
+            out[f"bias_norm_L{i}"] = block.linear.bias.norm().item()
+    return out
+
+
 def weight_grad_norms(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> list[float]:
     """Frobenius norm of the loss gradient for each linear map's weight, input to output, in training mode on
     one batch: where in depth the gradient is large."""

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from bnlab.config import ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
 from bnlab.models import Net, init_model, use_device
-from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape
+from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape, parameter_norms
 from bnlab.runlog import (
     ACTIVATIONS,
     METRICS,
@@ -151,9 +151,9 @@ class Member:
     status: str = "finished"
     diverged_at: int | None = None
 
-    def log_eval(self, step: int, test: tuple, train_eval: tuple | None, sc: Scoring) -> None:
+    def log_eval(self, step: int, test: tuple, train_eval: tuple | None, sc: Scoring, norms: dict) -> None:
         """One row of metrics: the (loss, accuracy) `Stepper.evaluate` gave on the test set (and the training
-        subset), the interval's training means, the moment tracker's changes."""
+        subset), the interval's training means, the moment tracker's changes, the parameter norms."""
         train_loss, train_acc = self.state.take_interval(sc.tc.loss == "cross_entropy")
         row = {"step": step, "test_loss": test[0], "test_acc": test[1], "train_loss": train_loss,
                "train_acc": train_acc, "train_time": self.state.train_time}
@@ -161,6 +161,7 @@ class Member:
             row.update({f"{key}_L{r['layer']}": r[key] for r in self.tracker.rows() for key in ("dmean", "dvar")})
         if train_eval:
             row["train_eval_loss"], row["train_eval_acc"] = train_eval
+        row.update(norms)
         self.run.append_rows(METRICS, [row])
         self.mirror.log(row, step)
 
@@ -390,8 +391,8 @@ def log_evals(model: Stepper, active: list[Member], ks, step: int, sc: Scoring, 
         tests = model.evaluate(sc.test_x, sc.test_y, ks)
         train_evals = model.evaluate(sc.train_x[sc.train_eval], sc.train_y[sc.train_eval], ks) \
             if sc.tc.train_eval_size else [None] * len(ks)
-        for m, test, train_eval in zip(members, tests, train_evals, strict=True):
-            m.log_eval(step, test, train_eval, sc)
+        for k, m, test, train_eval in zip(ks, members, tests, train_evals, strict=True):
+            m.log_eval(step, test, train_eval, sc, parameter_norms(model.member(k)) if sc.tc.param_norms else {})
 
 
 def run_jobs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:

@@ -64,6 +64,29 @@ def test_batch_renorm_is_bn_during_warmup_then_corrects_towards_running_statisti
     torch.testing.assert_close(brn(x), (x - brn.running_mean) / (brn.running_var + 1e-5).sqrt())
 
 
+
+def test_detached_bn_normalises_as_bn_but_its_gradient_moves_the_bias_bn_ignores():
+    """Ioffe & Szegedy §2 on a hand-sized case: a = u + b, normalised, loss sum(g * y). Through BN the loss does
+    not depend on b, so its gradient is 0; with the statistics outside the gradient it is sum_i g_i * gamma / sigma,
+    a step the next normalisation undoes: the bias can drift for ever while the loss stays put."""
+    gen = torch.Generator().manual_seed(0)
+    u, g = torch.randn(32, 4, generator=gen) * 3 + 1, torch.randn(32, 4, generator=gen)
+    grads, outs = {}, {}
+    for name in ("batch", "batch_detached"):
+        b = torch.full((4,), 0.5, requires_grad=True)
+        norm = make(name, 4)
+        with torch.no_grad():
+            norm.weight.fill_(2.0)
+        outs[name] = norm(u + b)
+        (g * outs[name]).sum().backward()
+        grads[name] = b.grad
+    torch.testing.assert_close(outs["batch_detached"], outs["batch"])  # the same forward pass
+    torch.testing.assert_close(grads["batch"], torch.zeros(4), atol=1e-5, rtol=0)
+    sigma = (u.var(0, unbiased=False) + 1e-5).sqrt()
+    torch.testing.assert_close(grads["batch_detached"], g.sum(0) * 2.0 / sigma)
+    assert "batch_detached" in BATCH_DEPENDENT
+
+
 @pytest.mark.parametrize("name", ["layer", "group", "batch_renorm"])
 def test_conv_layers_work_with_every_normaliser(name):
     net = model("cnn", name)  # 8 groups divide every channel count of the plan

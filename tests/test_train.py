@@ -130,6 +130,20 @@ def test_a_value_outside_a_fixed_set_is_refused_with_the_options(data_root, tmp_
     assert f"Invalid value '{value}', expected one of [{options}]" in str(refused.value.__cause__)
 
 
+def test_parameter_norms_are_logged_at_every_evaluation(data_root, tmp_path):
+    """trainer.param_norms: each hidden layer's weight norm (and bias norm, where the layer keeps a bias) in every
+    metrics row, the last one equal to the final weights'."""
+    for norm, has_bias in (("none", True), ("batch", False)):
+        cfg = make_cfg(data_root, tmp_path, [f"norm={norm}", "trainer.param_norms=true", "trainer.save_model=true"])
+        train(cfg, str(tmp_path / norm))
+        rows, final = read_jsonl(tmp_path / norm / "metrics.jsonl"), torch.load(tmp_path / norm / "model.pt")
+        assert len(rows) == 4 and all("weight_norm_L2" in r and ("bias_norm_L2" in r) == has_bias for r in rows)
+        assert rows[-1]["weight_norm_L0"] == pytest.approx(final["blocks.0.linear.weight"].norm().item(), rel=1e-6)
+        assert rows[0]["weight_norm_L0"] != rows[-1]["weight_norm_L0"]  # logged as training moves it
+        if has_bias:
+            assert rows[-1]["bias_norm_L1"] == pytest.approx(final["blocks.1.linear.bias"].norm().item(), rel=1e-6)
+
+
 def test_batch_of_one_with_bn_is_refused(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, ["norm=batch", "trainer.batch_size=1"])
     with pytest.raises(ConfigError, match="batch of 2 or more"):
