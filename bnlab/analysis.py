@@ -65,10 +65,14 @@ def ratio(a: float, b: float) -> float:
 
 
 def paired_steps_ratio(runs: pd.DataFrame, arm: str, reference: str, target: float,
-                       column: str = "test_acc") -> list[float]:
-    """Steps for `arm` to reach target over steps for `reference` (norm names), one ratio per seed; runs must hold
-    one run per arm and seed (select a learning rate first). A run that never reaches it takes infinitely long."""
-    a, b = curves(select(runs, norm__name=arm)), curves(select(runs, norm__name=reference))
+                       column: str = "test_acc", arm_lr: float | None = None,
+                       reference_lr: float | None = None) -> list[float]:
+    """Steps for `arm` to reach target over steps for `reference` (norm names), one ratio per seed; each at the
+    learning rate given, or runs must hold one run per arm and seed. A run that never reaches it takes infinitely
+    long."""
+    at = lambda lr: {} if lr is None else {"optim__lr": lr}  # noqa: E731
+    a, b = curves(select(runs, norm__name=arm, **at(arm_lr))), curves(select(runs, norm__name=reference,
+                                                                             **at(reference_lr)))
     return [ratio(steps_to(a[s], target, column), steps_to(b[s], target, column)) for s in sorted(set(a) & set(b))]
 
 

@@ -9,15 +9,24 @@ from bnlab.claims import Context
 ARMS = ("none", "batch")
 
 
-def curves_by_lr(axes, runs, arms, lrs, column: str, ylim) -> None:
-    """One panel per learning rate: `column` against steps, median and min-max over seeds, one line per arm."""
+def curves_by_lr(axes, runs, arms, lrs, column: str, ylim, title: str = "6 x 100 ReLU MLP, MNIST",
+                 target: float | None = None) -> None:
+    """One panel per learning rate: `column` against steps, median and min-max over seeds, one line per arm;
+    a dotted line at `target` where a claim reads steps to it."""
     for ax, lr in zip(axes, lrs, strict=False):
         for arm in arms:
             cs = [c.dropna(subset=[column]) for c in curves(select(runs, norm__name=arm, optim__lr=lr)).values()]
             plots.band(ax, cs, "step", column, plots.COLORS[arm], plots.LABELS[arm])
-        ax.set(title=f"6 x 100 ReLU MLP, MNIST, lr {lr:g}", xlabel="step", ylabel=column.replace("_", " "),
-               ylim=ylim)
+        if target is not None:
+            ax.axhline(target, color="k", lw=0.6, ls=":")
+        ax.set(title=f"{title}, lr {lr:g}", xlabel="step", ylabel=column.replace("_", " "), ylim=ylim)
         ax.legend(fontsize=7)
+
+
+def final_accuracy_table(ctx: Context, runs: pd.DataFrame, caption: str) -> None:
+    """Final test accuracy of every run, listed by normaliser and learning rate (diverged runs excluded)."""
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
+    ctx.write_table("final_acc", table, f"{caption}: final test accuracy (diverged excluded)")
 
 
 def moment_changes(ax, runs, arms, title: str) -> None:

@@ -1,0 +1,24 @@
+"""Ba et al. 2016 §6.6: LayerNorm against BN on permutation-invariant MNIST."""
+
+from bnlab import figures, plots
+from bnlab.analysis import best_lr, done, paired_steps_ratio
+from bnlab.claims import Context, Finding
+
+ARMS = ("batch", "layer")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    lrs = sorted(runs["optim.lr"].unique())
+    target = ctx.cfg.claims.LN_faster_than_bn.params.target
+    fig, ax = plots.subplots(len(lrs), width=3.0)
+    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.9, 1), "2 x 256 ReLU MLP, batch 128", target)
+    fig_path = plots.save(fig, ctx.figure_path("curves"))
+    figures.final_accuracy_table(ctx, runs, "LayerNorm vs BN, MNIST MLP")
+    best = best_lr(runs, "norm.name")
+    cells = {f"lr {lr:g}": paired_steps_ratio(runs, "layer", "batch", target, arm_lr=lr, reference_lr=lr)
+             for lr in lrs}
+    cells["each at its best lr"] = paired_steps_ratio(runs, "layer", "batch", target, arm_lr=best["layer"],
+                                                      reference_lr=best["batch"])
+    return [Finding("LN_faster_than_bn", cells, f"steps to {target:.0%} test accuracy, LN / BN, per seed (best "
+                    f"rates: LN {best['layer']:g}, BN {best['batch']:g})", fig_path)]
