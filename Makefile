@@ -65,6 +65,7 @@ reproduce: install
 	$(PY) -m bnlab.data
 	@$(PY) -m bnlab.progress --scale $(SCALE) & progress=$$!; \
 	start=$$(date +%s); \
+	echo "[bnlab] make reproduce on $$($(PY) -c 'from bnlab.runlog import cpu_name; print(cpu_name())'), $(JOBS) sweeps at a time, one thread each" | tee -a results/timing_$(SCALE).log; \
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
 	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log

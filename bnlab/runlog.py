@@ -80,15 +80,18 @@ def git_sha() -> str:
 
 @functools.cache  # the processor does not change under a running process
 def cpu_name() -> str:
-    """The processor's model name and vector width, e.g. 'AMD EPYC (avx512)': speeds compare only within one."""
+    """Model, family/model numbers and vector width, e.g. 'AMD EPYC (family 25, model 1, AVX2)': two "AMD EPYC"
+    machines here differed 2.5x in speed, so speeds compare only within one."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
         return platform.processor() or platform.machine()
-    fields = {k.strip(): v for k, v in (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-    name = " ".join(fields.get("model name", platform.machine()).split())
+    fields = {key.strip(): value.strip() for key, value in
+              (line.split(":", 1) for line in info.splitlines() if ":" in line)}
     flags = fields.get("flags", "").split()
-    return f"{name} ({'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else platform.machine()})"
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    name = " ".join(fields.get("model name", platform.machine()).split())
+    return f"{name} (family {fields.get('cpu family')}, model {fields.get('model')}, {vector})"
 
 
 def environment() -> dict:

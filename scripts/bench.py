@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 from bnlab.config import REPO_ROOT, TrainerConfig
 from bnlab.data import _UnverifiedCIFAR10
 from bnlab.models import build_model
-from bnlab.runlog import atomic_write_text
+from bnlab.runlog import atomic_write_text, cpu_name
 from bnlab.stack import stack_key
 from bnlab.sweeps import experiment_config
 from bnlab.train import train_runs
@@ -38,19 +38,6 @@ WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
     "MNIST MLP 784-256x2-10 ReLU, LayerNorm, batch 2": ("small_batch", ["norm=layer", "trainer.batch_size=2"], 2),
     "MNIST MLP 784-256x2-10 ReLU, GroupNorm, batch 2": ("small_batch", ["norm=group", "trainer.batch_size=2"], 2),
 }
-
-
-def cpu_name() -> str:
-    """Model, family/model numbers and vector width: two "AMD EPYC" machines here differed 2.5x in speed."""
-    try:
-        info = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = {key.strip(): value.strip() for key, value in
-              (line.split(":", 1) for line in info.splitlines() if ":" in line)}
-    flags = fields.get("flags", "").split()
-    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{fields.get('model name')} (family {fields.get('cpu family')}, model {fields.get('model')}, {vector})"
 
 
 STACK_SIZES = (8, 16)  # stack sizes timed
