@@ -34,9 +34,13 @@ def tally(rows: list[dict]) -> str:
 
 
 def claims_for_readme(rows: list[dict], out_dir: Path) -> str:
-    """The README's block: the tally of the empirical claims and where the report is."""
+    """The README's block: the tally of the empirical claims, by source, and where the report is."""
     report = (out_dir / "REPORT.md").relative_to(REPO_ROOT)
-    return f"**{tally(rows)}.** Claim by claim, with the numbers: [{report}]({report})."
+    claims = [r for r in rows if r["kind"] == "claim"]
+    by_group = pd.DataFrame([{"source": group, "claims": len(mine),
+                              **{v: sum(r["base verdict"] == v for r in mine) for v in VERDICTS}}
+                             for group in GROUPS if (mine := [r for r in claims if r["group"] == group])])
+    return f"**{tally(rows)}.** Claim by claim, with the numbers: [{report}]({report}).\n\n" + markdown(by_group)
 
 
 def update_readme(table: str) -> None:
@@ -48,28 +52,36 @@ def update_readme(table: str) -> None:
         atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
-# The report's order: by paper, as a reader looks claims up (an experiment goes under its first claim's source).
-PAPERS = ("Ioffe & Szegedy", "Santurkar", "Goodfellow", "Bjorck", "Ba et al.", "Wu & He", "Ioffe 2017")
+# The report's order: by source, as a reader looks claims up; each heading with the prefixes of the claim sources
+# it holds (an experiment goes under its first claim's source).
+SOURCES = (("Ioffe & Szegedy 2015", ("Ioffe & Szegedy",)), ("Santurkar et al. 2018", ("Santurkar",)),
+           ("Deep Learning Book §8.7.1", ("Goodfellow",)), ("Bjorck et al. 2018", ("Bjorck",)),
+           ("LayerNorm, GroupNorm and Batch Renormalization", ("Ba et al.", "Wu & He", "Ioffe 2017")),
+           ("Questions from the write-up", ("Write-up",)), ("Other", ("",)))
+GROUPS = tuple(heading for heading, _ in SOURCES)
 
 
-def by_paper(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
-    """(paper, experiment) in the report's order; an experiment whose source is not listed comes last."""
-    def paper(cfg: DictConfig) -> str:
-        source = next(iter(cfg.claims.values())).source if cfg.claims else ""
-        return next((p for p in PAPERS if source.startswith(p)), "Other")
-    keyed = [(paper(cfg), name) for name, cfg in configs.items()]
-    return sorted(keyed, key=lambda k: ((PAPERS + ("Other",)).index(k[0]), k[1]))
+def source_group(source: str) -> str:
+    """The report heading a claim source goes under."""
+    return next(heading for heading, prefixes in SOURCES if source.startswith(prefixes))
+
+
+def by_source(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
+    """(heading, experiment) in the report's order."""
+    keyed = [(source_group(next(iter(cfg.claims.values())).source if cfg.claims else ""), name)
+             for name, cfg in configs.items()]
+    return sorted(keyed, key=lambda k: (GROUPS.index(k[0]), k[1]))
 
 
 def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame]:
     rows, sections, all_runs = [], [], []
     configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
-    paper_now = None
-    for paper, name in by_paper(configs):
+    group_now = None
+    for group, name in by_source(configs):
         cfg = configs[name]
-        if paper != paper_now:
-            sections.append(f"### {paper}")
-            paper_now = paper
+        if group != group_now:
+            sections.append(f"### {group}")
+            group_now = group
         sweep_dir = Path(cfg.out_root) / scale / name
         on_disk = runlog.runs(sweep_dir)
         if len(on_disk):  # runs of another grid, with overrides the sweep does not make, or whose config has
@@ -95,7 +107,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
         by_claim = {f.claim: f for f in findings}
         for claim_id, claim in cfg.claims.items():
             f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
-            row = claim_row(name, claim_id, claim, f, out_dir)
+            row = claim_row(name, claim_id, claim, f, out_dir) | {"group": group}
             rows.append(row)
             sections.append(claim_section(row, claim, f))
         sections.extend(ctx.tables)
@@ -191,7 +203,8 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict]) -> str:
             "none does; *inconclusive* = replicates on both sides. A claim over several cells combines the "
             "cells' verdicts by the rule its config declares: *partly (k of m cells)* = some cells reproduced, "
             "fewer than the rule asks. Numbers are median [min, max] (n = replicates).",
-            "## Claims", table(claims),
+            "## Claims", *[part for group in GROUPS if (mine := [r for r in claims if r["group"] == group])
+                           for part in (f"### {group}", table(mine))],
             "## Sanity checks",
             "These hold by construction: they confirm the implementation and are not counted as evidence.",
             table(checks)]

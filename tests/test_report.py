@@ -182,3 +182,21 @@ def test_run_directory_names_leave_out_exactly_the_keys_that_name_no_job():
     assert {"data.root", "data.download", "data.verify", "out_root", "trainer.progress", "wandb.mode",
             "wandb.project", "experiment"} <= excluded
     assert role("optim.lr") == role("model.init_std") == "member" and role("model.width") is None
+
+
+def test_claims_are_grouped_by_source_and_every_experiment_has_a_heading():
+    """The report and the README list claims under their source: the papers, the small-batch normalisers
+    together, and the write-up's own questions; an experiment whose source no heading claims would land in
+    'Other', which none does."""
+    from bnlab.report import by_source, source_group
+    from bnlab.sweeps import experiment_names
+
+    assert source_group("Ioffe & Szegedy 2015, §4.1") == "Ioffe & Szegedy 2015"
+    assert source_group("Ioffe 2017, Batch Renormalization") == source_group("Wu & He 2018, abstract") == \
+        source_group("Ba et al. 2016, §6.6") == "LayerNorm, GroupNorm and Batch Renormalization"
+    assert source_group("Write-up; Ioffe & Szegedy 2015, §2") == "Questions from the write-up"
+    assert source_group("a paper nobody listed") == "Other"
+    groups = dict((name, group) for group, name in
+                  by_source({n: experiment_config(n, "smoke") for n in experiment_names()}))
+    assert "Other" not in groups.values()
+    assert groups["outside_gradient"] == "Questions from the write-up" and groups["non_iid"] == groups["layer_vs_batch"]
