@@ -110,8 +110,9 @@ class Clock:
         try:
             yield
         finally:
+            share = (time.perf_counter() - start) / len(members)
             for m in members:
-                m.state.probe_time += (time.perf_counter() - start) / len(members)
+                m.state.probe_time += share
 
 
 @dataclass
