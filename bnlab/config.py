@@ -161,6 +161,9 @@ class TrainerConfig:
     checkpoint_every: int = 5000
     train_eval_size: int = 0  # >0: also score this many training examples in eval mode (train-test gap)
     param_norms: bool = False  # also log each hidden layer's weight and bias norms at every evaluation
+    # >0: train on loss + moment_penalty x the moment penalty (the write-up's alternative to normalising): per
+    # hidden layer, the mean over units of (batch mean)^2 + (batch variance - 1)^2 of the nonlinearity's inputs
+    moment_penalty: float = 0.0
     save_model: bool = False  # keep the final weights as model.pt (for post-hoc evaluation)
     progress: bool = True
 

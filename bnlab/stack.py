@@ -9,8 +9,8 @@ under its own seed), data order, learning rate, momentum, weight decay, dropout 
 evaluation scores every member in one eval-mode pass (`StackedMLP.evaluate`). Members match the same run
 trained alone to float rounding.
 
-Only MLPs are stacked, with a normaliser that `StackedMLP.normalise` knows (`STACKABLE_NORMS`: every one in the
-registry today; a new one trains alone until it is added there); every other run trains alone. A run alone draws
+Only MLPs are stacked, with a normaliser that `StackedMLP.normalise` knows (`STACKABLE_NORMS`: a new one trains
+alone until it is added there) and no moment penalty; every other run trains alone. A run alone draws
 its dropout masks and noise from the global RNG, which nothing else in its training step touches; a member draws
 them from its own generator, started in the same state and drawn in the same order, so its masks and noise are
 those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
@@ -65,6 +65,16 @@ def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[f
     return (total if loss == "mse_sum" else total / y.numel()), None
 
 
+def moment_penalty(inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Summed over layers, the mean over units of (batch mean)^2 + (batch variance - 1)^2: zero exactly when every
+    unit's input is standardised over the batch, as BN would make it."""
+    total = 0.0
+    for a in inputs:
+        a = a.transpose(0, 1).flatten(1)  # units x values (a conv layer's positions count as examples)
+        total = total + (a.mean(1).pow(2) + (a.var(1, unbiased=False) - 1).pow(2)).mean()
+    return total
+
+
 class Stepper(Protocol):
     """What the trainer asks of a model that trains one run or a stack of them; member k is run k."""
 
@@ -97,23 +107,29 @@ class SingleModel:
     """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
 
     def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
-                 tracker: MomentTracker | None):
+                 tracker: MomentTracker | None, moment_penalty: float = 0.0):
         self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
         self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
         self.loss_name = loss
+        self.moment_penalty, self.inputs = moment_penalty, []  # the nonlinearities' inputs of this step
+        if moment_penalty:
+            for block in net.blocks:
+                block.norm.register_forward_hook(lambda module, args, out: self.inputs.append(out))
 
     def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
         x, y = self.train_x.index_select(0, idx[0]), self.train_y.index_select(0, idx[0])
         if self.tracker:
             self.tracker.active = True
+        self.inputs.clear()  # probes run the network too
         out = self.net(x)
         if self.tracker:
             self.tracker.active = False
         loss = self.loss(out, y)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective = loss + self.moment_penalty * moment_penalty(self.inputs) if self.moment_penalty else loss
+        objective.backward()
         self.opt.step()
-        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None
+        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None  # the data loss
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
         return [evaluate(self.net, x, y, self.loss_name)]
@@ -140,7 +156,7 @@ def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     m = cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
-            or cfg.wandb.mode != "disabled"):
+            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES

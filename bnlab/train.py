@@ -302,7 +302,7 @@ def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.devi
         _trim_logs(m.run, m.state.step if m.checkpoint else None)
     nets[0].train()
     if len(members) == 1:
-        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, members[0].tracker)
+        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, members[0].tracker, tc.moment_penalty)
     trackers = [m.tracker for m in members] if tc.moment_units else None
     return StackedMLP(nets, opts, [m.rng for m in members], sc.train_x, sc.train_y, tc.loss, trackers)
 

@@ -144,6 +144,26 @@ def test_parameter_norms_are_logged_at_every_evaluation(data_root, tmp_path):
             assert rows[-1]["bias_norm_L1"] == pytest.approx(final["blocks.1.linear.bias"].norm().item(), rel=1e-6)
 
 
+def test_moment_penalty_is_zero_on_standardised_inputs_and_pulls_them_there(data_root, tmp_path):
+    """The penalty's known values (0 for standardised units; a unit of mean 1 and variance 4 costs 1 + 9), and a
+    penalised un-normalised network whose nonlinearity inputs end closer to mean 0, std 1 than without it."""
+    from bnlab.stack import moment_penalty, stack_key
+
+    z = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
+    z = (z - z.mean(0)) / z.std(0, unbiased=False)
+    assert moment_penalty([z]).item() == pytest.approx(0.0, abs=1e-10)
+    assert moment_penalty([z, 2 * z + 1]).item() == pytest.approx(10.0, rel=1e-5)
+    off = []
+    for lam in (0.0, 1.0):
+        cfg = make_cfg(data_root, tmp_path, [f"trainer.moment_penalty={lam}", "model.init=normal", "model.init_std=0.5",
+                                             "trainer.steps=60"])
+        assert (stack_key(cfg) is None) == bool(lam)  # the stack has no penalty: a penalised run trains alone
+        train(cfg, str(tmp_path / f"lam{lam}"))
+        last = [r for r in read_jsonl(tmp_path / f"lam{lam}" / "activations.jsonl") if r["step"] == 60]
+        off.append(sum(abs(r["mean"]) + abs(r["std"] - 1) for r in last))
+    assert off[1] < 0.5 * off[0]
+
+
 def test_batch_of_one_with_bn_is_refused(data_root, tmp_path):
     cfg = make_cfg(data_root, tmp_path, ["norm=batch", "trainer.batch_size=1"])
     with pytest.raises(ConfigError, match="batch of 2 or more"):
