@@ -12,7 +12,10 @@ PENALISED = (0.1, 1.0)
 
 
 def off_standard(run) -> float:
-    """Sum over hidden layers of |mean| + |std - 1| of the nonlinearity inputs on the probe batch, last probe."""
+    """Sum over hidden layers of |mean| + |std - 1| of the nonlinearity inputs on the probe batch at the end of
+    training; a run that diverged never got there and has kept nothing standardised (infinite)."""
+    if run.status != "finished":
+        return math.inf
     acts = runlog.activations(run.path)
     if not len(acts):
         return math.nan
