@@ -1,5 +1,7 @@
 """Ioffe & Szegedy §4.2.1: BN-x30 against BN-x5, slower at first and better at the end."""
 
+import math
+
 from bnlab import plots
 from bnlab.analysis import CHANCE, curves, done, score_difference, select, value_at
 from bnlab.claims import Context, Finding
@@ -12,7 +14,7 @@ def accuracy_at(runs, lr: float, step: int) -> dict[int, float]:
     out = {}
     for seed, c in curves(select(runs, norm__name="batch", optim__lr=lr)).items():
         acc = value_at(c, step)
-        out[seed] = CHANCE if acc != acc else acc  # NaN: diverged before the step
+        out[seed] = CHANCE if math.isnan(acc) else acc  # NaN: diverged before the step
     return out
 
 

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 from bnlab import plots, runlog
-from bnlab.analysis import best_lr, curves, done, ratio, select, steps_to
+from bnlab.analysis import best_lr, curves, done, paired_steps_ratio, select
 from bnlab.claims import Context, Finding
 
 PENALISED = (0.1, 1.0)
@@ -52,13 +52,14 @@ def analyze(ctx: Context) -> list[Finding]:
                                                                              optim__lr=lr).iterrows()}
                             for lam in (0.0, max(PENALISED)))
         standardises[f"lr {lr:g}"] = [penalised[s] / plain[s] for s in sorted(set(plain) & set(penalised))]
-    bn = curves(select(arm(runs, "batch", 0.0), optim__lr=best_lr(arm(runs, "batch", 0.0), "norm.name")["batch"]))
+    bn = arm(runs, "batch", 0.0)
+    bn_lr = best_lr(bn, "norm.name")["batch"]
     like_bn = {}
     for lam in PENALISED:
-        mine = arm(runs, "none", lam)
-        own = curves(select(mine, optim__lr=best_lr(mine, "norm.name")["none"])) if len(mine) else {}
-        like_bn[f"lambda {lam:g}"] = [ratio(steps_to(own[s], target), steps_to(bn[s], target))
-                                      for s in sorted(set(own) & set(bn))]
+        mine = arm(runs, "none", lam)  # norm names tell the two arms apart once this lambda is selected
+        like_bn[f"lambda {lam:g}"] = paired_steps_ratio(
+            pd.concat([mine, bn]), "none", "batch", target, arm_lr=best_lr(mine, "norm.name")["none"],
+            reference_lr=bn_lr) if len(mine) else []
     return [
         Finding("MP_standardises", standardises, f"off-standard inputs, lambda {max(PENALISED):g} / no penalty, "
                 "per seed", fig_path),
