@@ -160,6 +160,9 @@ class TrainerConfig:
     landscape_steps: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # multiples of lr
     checkpoint_every: int = 5000
     train_eval_size: int = 0  # >0: also score this many training examples in eval mode (train-test gap)
+    # >0: at every probe, the singular values of each hidden layer's Jacobian with respect to the layer below, on
+    # this many examples of the probe batch (MLPs whose normaliser maps each unit by an affine function of the batch)
+    jacobian_examples: int = 0
     param_norms: bool = False  # also log each hidden layer's weight and bias norms at every evaluation
     # >0: train on loss + moment_penalty x the moment penalty (the write-up's alternative to normalising): per
     # hidden layer, the mean over units of (batch mean)^2 + (batch variance - 1)^2 of the nonlinearity's inputs

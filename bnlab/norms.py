@@ -204,3 +204,7 @@ NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "layer"
 
 # Normalisers whose training-mode output depends on other examples in the batch (a batch of one is degenerate).
 BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "batch_renorm", "batch_detached"}
+
+# Normalisers that map each unit by one affine function over the whole batch (in training mode): one example's
+# output depends on its own input through a per-unit slope, which is what a layer's Jacobian can be read from.
+PER_UNIT_AFFINE = {"none", "batch", "lp1", "lp2", "lpinf", "batch_renorm", "batch_detached"}

@@ -71,6 +71,36 @@ def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
     return [v["x"] for v in layer_values(model, x)]
 
 
+def per_unit_scale(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """The slope of each unit's normaliser over the batch (units x values in, units out): cov(after, before) /
+    var(before). It is the normaliser's derivative for one that maps each unit by an affine function over the
+    batch (none, BN with its batch statistics held, lp, batch renorm), the map of one example's input to its output."""
+    b = before - before.mean(1, keepdim=True)
+    return (b * (after - after.mean(1, keepdim=True))).sum(1) / b.pow(2).sum(1)
+
+
+def jacobian_spectra(model: Net, x: torch.Tensor, examples: int) -> list[dict]:
+    """Ioffe §3.3's conjecture, that BN keeps layer Jacobians' singular values near 1: for each hidden layer l >= 1
+    of an MLP and each of the first `examples` examples of x, the singular values of d x_l / d x_{l-1}, where x_l
+    is layer l's nonlinearity input (its normaliser's output), with the batch statistics of x held (training
+    mode, as a step sees them): J = diag(scale_l) W_l diag(act'(x_{l-1})). Per layer, the median over examples of
+    each example's median, largest and smallest singular value (dropout off: the deterministic map)."""
+    values = layer_values(model, x)
+    rows = []
+    for layer in range(1, len(values)):
+        before = values[layer - 1]["x"][:, :examples].T.clone().requires_grad_(True)  # examples x units
+        act = model.blocks[layer - 1].act
+        (slope,) = torch.autograd.grad(act(before).sum(), before)  # elementwise nonlinearities: the diagonal
+        scale = per_unit_scale(values[layer]["wu"], values[layer]["x"])
+        weight = model.blocks[layer].linear.weight.detach()
+        jac = (scale[:, None] * weight).unsqueeze(0) * slope.unsqueeze(1)  # examples x out x in
+        sv = torch.linalg.svdvals(jac)  # examples x min(out, in), descending
+        median = lambda t: torch.quantile(t, 0.5, dim=-1)  # noqa: E731  (torch.median takes the lower middle)
+        rows.append({"layer": layer, "jac_sv_median": median(median(sv)).item(),
+                     "jac_sv_max": median(sv[:, 0]).item(), "jac_sv_min": median(sv[:, -1]).item()})
+    return rows
+
+
 def skew_and_excess_kurtosis(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per unit (row) over its values; NaN for a constant unit (a pixel that is always 0)."""
     centred = a - a.mean(1, keepdim=True)
@@ -97,8 +127,10 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
                "abs_kurtosis": median(kurt.abs()),
                **{f"abs_kurtosis_{k}": median(skew_and_excess_kurtosis(values[k])[1].abs()) for k in ("wu", "u")}}
         row.update({f"p{int(p)}": v for p, v in zip(PERCENTILES, torch.quantile(flat, q).tolist(), strict=True)})
+        unit_mean, unit_std = a[:units].mean(1).tolist(), a[:units].std(1).tolist()
         for u in range(per_unit.shape[0]):
             row.update({f"u{u}_p{int(p)}": v for p, v in zip(PERCENTILES, per_unit[u].tolist(), strict=True)})
+            row.update({f"u{u}_mean": unit_mean[u], f"u{u}_std": unit_std[u]})
         row["hist"] = torch.histc(flat, bins=bins, min=-hist_range, max=hist_range).int().tolist()
         row["below"] = int((flat < -hist_range).sum())
         row["above"] = int((flat > hist_range).sum())

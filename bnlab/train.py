@@ -27,7 +27,14 @@ from tqdm import tqdm
 from bnlab.config import ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
 from bnlab.models import Net, init_model, use_device
-from bnlab.probes import MomentTracker, activation_stats, internal_covariate_shift, landscape, parameter_norms
+from bnlab.probes import (
+    MomentTracker,
+    activation_stats,
+    internal_covariate_shift,
+    jacobian_spectra,
+    landscape,
+    parameter_norms,
+)
 from bnlab.runlog import (
     ACTIVATIONS,
     METRICS,
@@ -170,6 +177,9 @@ class Member:
         tc = sc.tc
         rows = [{"step": step, **r} for r in activation_stats(net, sc.probe_x, tc.probe_units, tc.hist_bins,
                                                               tc.hist_range)]
+        if tc.jacobian_examples:  # layer l's row gets the Jacobian of its inputs by layer l - 1's
+            for r in jacobian_spectra(net, sc.probe_x, tc.jacobian_examples):
+                rows[r.pop("layer")].update(r)
         self.run.append_rows(ACTIVATIONS, rows)
         self.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
                          if key[0] == "p" or key in ("mean", "std")}, step)

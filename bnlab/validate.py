@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from bnlab.config import ConfigError
 from bnlab.models import ACTIVATIONS, resolve_device
-from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
+from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS, PER_UNIT_AFFINE
 
 
 def validate(cfg: DictConfig) -> None:
@@ -32,6 +32,10 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be > 0")
+    if cfg.trainer.jacobian_examples and (cfg.model.arch != "mlp" or cfg.norm.name not in PER_UNIT_AFFINE):
+        raise ConfigError(f"trainer.jacobian_examples needs an MLP whose normaliser maps each unit by an affine "
+                          f"function of the batch ({', '.join(sorted(PER_UNIT_AFFINE))}), not "
+                          f"model.arch={cfg.model.arch} norm={cfg.norm.name}")
     if not 0 <= cfg.model.dropout < 1:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
     if cfg.norm.name in BATCH_DEPENDENT and cfg.trainer.batch_size < 2:

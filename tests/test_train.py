@@ -110,9 +110,10 @@ def test_finished_run_is_skipped_and_changed_config_retrains(data_root, tmp_path
     ("norm.name=weird", "norm.name (norm=)='weird' is not known; choose one of"),
     ("model.activation=swish", "model.activation='swish' is not known"),
     ("model.dropout=1.0", "model.dropout"),
+    ("norm=layer trainer.jacobian_examples=5", "trainer.jacobian_examples needs an MLP whose normaliser maps each unit"),
 ])
 def test_bad_values_are_refused_with_the_key_and_the_fix(data_root, tmp_path, override, message):
-    cfg = make_cfg(data_root, tmp_path, [override])
+    cfg = make_cfg(data_root, tmp_path, override.split())
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         train(cfg, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing half-made that could pass for a result
