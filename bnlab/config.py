@@ -113,6 +113,7 @@ class ModelConfig:
     init_mean: float = 0.0  # normal init only; the DL Book §8.7.1 chain starts near w = 1
     bias: bool = True  # false: a purely linear map (deep linear networks); dropped anyway before a shifting norm
     dropout: float = 0.0  # after each hidden nonlinearity
+    residual: bool = False  # mlp: each hidden layer after the first adds its input to its output (Bjorck's ResNets)
 
 
 @dataclass
@@ -121,6 +122,7 @@ class NormConfig:
     eps: float = 1e-5
     momentum: float = 0.1  # running-statistics update rate (torch convention)
     affine: bool = True  # learn gamma and beta
+    last_layers: int = 0  # >0: only the last this many hidden layers are normalised; the others keep their bias
     # Santurkar et al. Alg. 1 ("noisy" BN): per unit and step mu ~ U(-n_mu, n_mu), sigma ~ U(1, n_sigma);
     # per example m ~ U(mu - r_mu, mu + r_mu), s ~ N(sigma, r_sigma); a <- s * a + m.
     noise_mu: float = 0.5

@@ -18,9 +18,10 @@ ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identit
 
 
 class Block(nn.Module):
-    def __init__(self, linear: nn.Module, norm: nn.Module, act: nn.Module, dropout: float, pool: bool):
+    def __init__(self, linear: nn.Module, norm: nn.Module, act: nn.Module, dropout: float, pool: bool,
+                 residual: bool = False):
         super().__init__()
-        self.linear, self.norm, self.act = linear, norm, act
+        self.linear, self.norm, self.act, self.residual = linear, norm, act, residual
         # Max-pooling commutes with a nondecreasing nonlinearity (every one in ACTIVATIONS), so pooling first gives
         # the outputs of pooling after it, bitwise, with the nonlinearity on a quarter of the values (~10-15% of a
         # CNN step on one core here). Gradients are bitwise equal too except where a saturating nonlinearity rounds
@@ -30,7 +31,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.pool(self.norm(self.linear(x)))))
+        out = self.drop(self.act(self.pool(self.norm(self.linear(x)))))
+        return x + out if self.residual else out
 
 
 class Net(nn.Module):
@@ -66,21 +68,25 @@ def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
 
 def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int, ...], classes: int) -> Net:
     act_cls = ACTIVATIONS[model_cfg.activation]
-    bias = model_cfg.bias and norm_cfg.name not in NORMALIZERS_WITH_SHIFT
-    make_norm = NORMALIZERS[norm_cfg.name]
+    layers = model_cfg.depth if model_cfg.arch == "mlp" else len(model_cfg.channels)
+    # with norm.last_layers, the layers below the last ones have no normaliser (Bjorck: BN near the output only)
+    names = [norm_cfg.name if not norm_cfg.last_layers or i >= layers - norm_cfg.last_layers else "none"
+             for i in range(layers)]
+    bias = [model_cfg.bias and name not in NORMALIZERS_WITH_SHIFT for name in names]
     blocks: list[Block] = []
     if model_cfg.arch == "mlp":
         fan_in = math.prod(in_shape)
-        for _ in range(model_cfg.depth):
-            lin = nn.Linear(fan_in, model_cfg.width, bias=bias)
-            blocks.append(Block(lin, make_norm(model_cfg.width, False, norm_cfg), act_cls(), model_cfg.dropout,
-                                pool=False))
+        for i, name in enumerate(names):
+            lin = nn.Linear(fan_in, model_cfg.width, bias=bias[i])
+            blocks.append(Block(lin, NORMALIZERS[name](model_cfg.width, False, norm_cfg), act_cls(),
+                                model_cfg.dropout, pool=False, residual=model_cfg.residual and i > 0))
             fan_in = model_cfg.width
     else:
         c, h, w = in_shape
-        for ch in model_cfg.channels:
-            conv = nn.Conv2d(c, ch, kernel_size=3, padding=1, bias=bias)
-            blocks.append(Block(conv, make_norm(ch, True, norm_cfg), act_cls(), model_cfg.dropout, pool=True))
+        for i, (ch, name) in enumerate(zip(model_cfg.channels, names, strict=True)):
+            conv = nn.Conv2d(c, ch, kernel_size=3, padding=1, bias=bias[i])
+            blocks.append(Block(conv, NORMALIZERS[name](ch, True, norm_cfg), act_cls(), model_cfg.dropout,
+                                pool=True))
             c, h, w = ch, h // 2, w // 2
         fan_in = c * h * w
     head = nn.Linear(fan_in, classes, bias=model_cfg.bias)

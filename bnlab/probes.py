@@ -306,6 +306,24 @@ def weight_grad_norms(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> 
     return [g.norm().item() for g in grads]
 
 
+def depth_profile(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> list[dict]:
+    """Bjorck et al. 2018: how activations and gradients scale with depth. Per hidden layer, on one batch in training
+    mode: the standard deviation of the layer's output h_l (for a residual MLP, the running sum) and the norm of the
+    loss gradient with respect to it, dL/dh_l (Frobenius, over the batch)."""
+    outputs: list[torch.Tensor] = []
+    hooks = [b.register_forward_hook(lambda m, i, out: outputs.append(out)) for b in model.blocks]
+    try:
+        with frozen(model):
+            model.train()
+            loss = loss_fn(model(x), y)
+            grads = torch.autograd.grad(loss, outputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [{"layer": i, "std": h.detach().std().item(), "grad_norm": g.norm().item()}
+            for i, (h, g) in enumerate(zip(outputs, grads, strict=True))]
+
+
 def relative_loss(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, etas: list[float]) -> list[float]:
     """Bjorck et al. 2018: L(theta - eta grad L) / L(theta) for each step size eta, on one batch."""
     with frozen(model):

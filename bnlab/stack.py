@@ -156,7 +156,7 @@ def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     m = cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
-            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty):
+            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty or m.residual or cfg.norm.last_layers):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES

@@ -36,6 +36,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.jacobian_examples needs an MLP whose normaliser maps each unit by an affine "
                           f"function of the batch ({', '.join(sorted(PER_UNIT_AFFINE))}), not "
                           f"model.arch={cfg.model.arch} norm={cfg.norm.name}")
+    layers = cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)
+    if not 0 <= cfg.norm.last_layers <= layers:
+        raise ConfigError(f"norm.last_layers={cfg.norm.last_layers} must be between 0 (every hidden layer) and the "
+                          f"{layers} hidden layers")
+    if cfg.model.residual and cfg.model.arch != "mlp":
+        raise ConfigError("model.residual=true is for model=mlp (its hidden layers share one width)")
     if not 0 <= cfg.model.dropout < 1:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
     if cfg.norm.name in BATCH_DEPENDENT and cfg.trainer.batch_size < 2:

@@ -25,6 +25,25 @@ def test_bn_sits_between_linear_map_and_nonlinearity_and_drops_the_bias():
         assert all(b.linear.bias is not None and isinstance(b.norm, nn.Identity) for b in plain.blocks)
 
 
+def test_norm_on_the_last_layers_only_leaves_the_layers_below_plain():
+    n = OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": "batch", "last_layers": 2})
+    net = build_model(OmegaConf.merge(OmegaConf.structured(ModelConfig), {"depth": 6}), n, (1, 28, 28), 10)
+    assert [isinstance(b.norm, nn.BatchNorm1d) for b in net.blocks] == [False] * 4 + [True] * 2
+    assert [b.linear.bias is None for b in net.blocks] == [False] * 4 + [True] * 2  # beta takes the bias' role
+
+
+def test_a_residual_mlp_adds_each_hidden_layers_input_after_the_first():
+    """Identity nonlinearity and no normaliser: layer 1 maps x to W1 x, each later layer h to h + W h."""
+    torch.manual_seed(0)
+    net = model("mlp", "none", depth=3, width=4, activation="identity", residual=True, bias=False)
+    x = torch.rand(5, 1, 28, 28)
+    w = [b.linear.weight.detach() for b in net.blocks]
+    h = x.flatten(1) @ w[0].T
+    for wi in w[1:]:
+        h = h + h @ wi.T
+    torch.testing.assert_close(net(x), h @ net.head.weight.detach().T)
+
+
 def test_bn_output_is_standardised_per_unit_in_training_mode():
     torch.manual_seed(0)
     net = model("mlp", "batch").train()

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from bnlab.config import NormConfig
 from bnlab.norms import NORMALIZERS, AlgOneNoise
-from bnlab.probes import internal_covariate_shift, landscape, relative_loss, weight_grad_norms
+from bnlab.probes import depth_profile, internal_covariate_shift, landscape, relative_loss, weight_grad_norms
 from bnlab.runlog import read_jsonl
 from bnlab.stack import LOSSES
 from bnlab.train import train
@@ -180,3 +180,18 @@ def test_santurkar_theorem_4_1_holds_in_a_bn_network():
     bound = bn.weight.detach() ** 2 / sigma2 * ((dz**2).sum(0) - dz.sum(0) ** 2 / m - (dz * y_hat).sum(0) ** 2 / m)
     assert ((dy**2).sum(0) <= bound * (1 + 1e-9)).all()
     assert ((dy**2).sum(0) >= 0.5 * bound).any()  # and it is not vacuous: some unit comes close to it
+
+
+def test_depth_profile_doubles_with_each_identity_branch_of_a_residual_mlp():
+    """Bjorck §3's measurement on a known case: with every later layer's weight the identity (linear units, no
+    normaliser), h_l = 2^l h_0, so the activations' std doubles per layer and dL/dh halves on the way up."""
+    net = model("mlp", "none", depth=5, width=10, activation="identity", residual=True, bias=False)
+    with torch.no_grad():
+        for b in net.blocks[1:]:
+            b.linear.weight.copy_(torch.eye(10))
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    rows = depth_profile(net, x, y, LOSSES["cross_entropy"])
+    stds, grads = [r["std"] for r in rows], [r["grad_norm"] for r in rows]
+    for layer in range(1, 5):
+        assert stds[layer] / stds[layer - 1] == pytest.approx(2.0, rel=1e-5)
+        assert grads[layer - 1] / grads[layer] == pytest.approx(2.0, rel=1e-5)
