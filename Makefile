@@ -56,9 +56,10 @@ $(EXPERIMENTS): install
 # one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
 # sweep's last runs. The order is each experiment's expected wall time (results/timing_cpu.log); experiments not
 # listed here run after these.
-LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn layer_vs_batch_cnn noisy_bn bjorck bjorck_depth \
-  deep_sigmoid dropout lp_norm outside_gradient moment_penalty layer_dynamics gaussianity gamma_beta dlbook_chain small_batch \
-  layer_vs_batch bn_x30 ics_landscape non_iid bn_inference
+LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn one_layer_at_a_time \
+  layer_vs_batch_cnn bjorck_depth noisy_bn bjorck deep_sigmoid dropout lp_norm outside_gradient moment_penalty \
+  layer_dynamics gaussianity gamma_beta dlbook_chain small_batch layer_vs_batch bn_x30 ics_landscape non_iid \
+  bn_inference santurkar_theory
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install
