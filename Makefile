@@ -58,7 +58,7 @@ $(EXPERIMENTS): install
 # listed here run after these.
 LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn layer_vs_batch_cnn noisy_bn bjorck \
   deep_sigmoid dropout lp_norm outside_gradient moment_penalty gaussianity gamma_beta dlbook_chain small_batch \
-  layer_vs_batch bn_x30 ics_landscape non_iid bn_inference
+  one_layer_at_a_time layer_vs_batch bn_x30 ics_landscape non_iid bn_inference
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install
