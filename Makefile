@@ -57,8 +57,8 @@ $(EXPERIMENTS): install
 # sweep's last runs. The order is each experiment's expected wall time (results/timing_cpu.log); experiments not
 # listed here run after these.
 LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn layer_vs_batch_cnn noisy_bn bjorck \
-  deep_sigmoid dropout lp_norm outside_gradient moment_penalty gaussianity gamma_beta dlbook_chain small_batch \
-  one_layer_at_a_time layer_vs_batch bn_x30 ics_landscape non_iid bn_inference
+  deep_sigmoid dropout lp_norm outside_gradient one_layer_at_a_time moment_penalty gaussianity gamma_beta dlbook_chain \
+  small_batch layer_vs_batch bn_x30 ics_landscape non_iid bn_inference
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
 reproduce: install

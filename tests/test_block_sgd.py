@@ -127,3 +127,27 @@ def test_block_runs_train_alone_and_log_the_chosen_layer(data_root, tmp_path):
     rows = [r for r in read_jsonl(tmp_path / "run" / "probes.jsonl") if r["kind"] == "ics"]
     assert {r["chosen"] for r in rows} == {0, 1, 2, 3}  # every third step: the layers in turn
     assert all((r["l2"] == 0) == (r["chosen"] >= r["layer"]) for r in rows)
+
+
+def test_resumed_round_robin_run_continues_its_turns(data_root, tmp_path, monkeypatch):
+    """The turn comes from the step a resumed run starts at, so a cut and resumed run equals the whole one."""
+    import bnlab.stack as stack
+
+    cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.block=round_robin", "trainer.steps=30"])
+    train(cfg, str(tmp_path / "whole"))
+    real_eval, calls = stack.evaluate, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the evaluation at step 20, after the checkpoint at 10
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(stack, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, str(tmp_path / "cut"))
+    monkeypatch.undo()
+    assert train(cfg, str(tmp_path / "cut"))["resumed"]
+    keys = ("step", "test_loss", "test_acc", "train_loss")
+    assert [{k: r[k] for k in keys} for r in read_jsonl(tmp_path / "cut" / "metrics.jsonl")] == \
+        [{k: r[k] for k in keys} for r in read_jsonl(tmp_path / "whole" / "metrics.jsonl")]
