@@ -85,6 +85,14 @@ class ClaimKind(Choice):
     check = "check"  # holds by construction: confirms the implementation
 
 
+class BlockRule(Choice):
+    """Which layers one SGD step moves (a layer: a hidden block's linear map and normaliser, or the head)."""
+
+    all = "all"  # every layer: plain SGD
+    round_robin = "round_robin"  # one layer a step, input to output in turn (step t moves layer t mod layers)
+    largest_grad = "largest_grad"  # one layer a step: the one whose gradient (Frobenius norm) is largest
+
+
 class ConfigError(ValueError):
     """A config that type-checks but cannot run; the message says which key and what to use."""
 
@@ -140,6 +148,9 @@ class OptimConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # block-coordinate SGD: each step moves one layer only (the write-up's reader: layers stop shifting under each
+    # other); momentum and weight decay would move the others too, so validate refuses them with it
+    block: BlockRule = BlockRule.all
 
 
 @dataclass
@@ -170,6 +181,7 @@ class TrainerConfig:
     # hidden layer, the mean over units of (batch mean)^2 + (batch variance - 1)^2 of the nonlinearity's inputs
     moment_penalty: float = 0.0
     save_model: bool = False  # keep the final weights as model.pt (for post-hoc evaluation)
+    alone: bool = False  # train without a stack even where one could share it (wall time per run, not per stack)
     progress: bool = True
 
 
@@ -229,12 +241,14 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 # run's numbers: it is part of the run's identity and equal for every run of a stack.
 #   source: where the run reads its data -- not its identity; one for a whole stack, which loads the data once
 #   output: where it writes             -- not its identity; free within a stack
-#   report: how it reports, which sweep  -- not its identity; free within a stack
+#   report: how it reports, which sweep  -- not its identity; free within a stack (trainer.alone: whether it
+#           may stack at all; a member matches its run alone to float rounding, as before this key)
 #   member: what varies within a stack   -- part of its identity (own seed, optimiser, init, dropout)
 KEY_ROLES = {
     "data.root": "source", "data.download": "source", "data.verify": "source",
     "out_root": "output",
-    "trainer.progress": "report", "wandb": "report", "claims": "report", "experiment": "report", "hydra": "report",
+    "trainer.progress": "report", "trainer.alone": "report", "wandb": "report", "claims": "report",
+    "experiment": "report", "hydra": "report",
     "seed": "member", "optim": "member", "model.init": "member", "model.init_std": "member",
     "model.init_mean": "member", "model.dropout": "member",
 }

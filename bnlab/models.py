@@ -52,6 +52,24 @@ class Net(nn.Module):
         return self.head(x.flatten(1))
 
 
+def layers(net: Net) -> list[list[nn.Parameter]]:
+    """The parameters of each layer, input to output: every hidden block's (its linear map's and its normaliser's
+    gamma and beta), then the head's. Block-coordinate SGD moves one of these a step."""
+    return [list(b.parameters()) for b in net.blocks] + [list(net.head.parameters())]
+
+
+def chosen_layer(rule: str, step: int, grads: list[list[torch.Tensor | None]]) -> int:
+    """The layer block-coordinate SGD moves at `step` (0-based, counting from the run's first step), given each
+    layer's gradients: round_robin takes the layers in turn, input to output; largest_grad the one whose gradient
+    has the largest Frobenius norm over all its parameters (ties to the lower layer)."""
+    if rule == "round_robin":
+        return step % len(grads)
+    if rule == "largest_grad":
+        norms = [sum(float(g.double().pow(2).sum()) for g in gs if g is not None) for gs in grads]
+        return max(range(len(norms)), key=lambda i: (norms[i], -i))
+    raise ValueError(f"optim.block={rule!r} moves every layer; no layer is chosen")
+
+
 def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
     if cfg.init == "default":
         return

@@ -10,7 +10,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from bnlab.models import Net
+from bnlab.models import Net, chosen_layer, layers
 
 PERCENTILES = (15.0, 50.0, 85.0)  # Ioffe Fig. 1(b,c)
 
@@ -170,24 +170,35 @@ def _assign(params: list[torch.Tensor], values) -> None:
 
 
 def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float,
-                             layers: list[int]) -> list[dict]:
+                             layers_: list[int], block: str = "all", step: int = 0) -> list[dict]:
     """Santurkar et al. Def. 2.1: G = grad of layer i's weight; G' = the same after every layer below i has
-    taken its own gradient step (on the same batch, same noise draw). Returns l2 distance and cosine."""
+    taken its own gradient step (on the same batch, same noise draw). Returns l2 distance and cosine.
+
+    Under block-coordinate SGD (block, at the run's step `step`) the layers below move as the run's own update
+    moves them: only the one chosen layer (`models.chosen_layer` on this very gradient), so where the chosen layer
+    is not below i nothing below moves and G' = G; the rows then also name the chosen layer."""
     rows = []
     with frozen(model):
         model.train()
         rng, params, _, grads = _all_grads(model, x, y, loss_fn)
         grad_of = dict(zip(map(id, params), grads, strict=True))
-        for i in layers:
+        chosen = None if block == "all" else chosen_layer(block, step, [[grad_of[id(p)] for p in ps]
+                                                                         for ps in layers(model)])
+        for i in layers_:
             weight = model.blocks[i].linear.weight
-            below = [p for b in model.blocks[:i] for p in b.parameters()]
-            saved = [p.detach().clone() for p in below]
-            _assign(below, [s - lr * grad_of[id(p)] for p, s in zip(below, saved, strict=True)])
-            _, (g_after,) = _grads(model, x, y, loss_fn, [weight], rng)
-            _assign(below, saved)
+            moving = model.blocks[:i] if chosen is None else model.blocks[chosen:chosen + 1] if chosen < i else []
+            below = [p for b in moving for p in b.parameters()]
             g = grad_of[id(weight)]
-            rows.append({"kind": "ics", "layer": i, "l2": (g - g_after).norm().item(),
-                         "cos": F.cosine_similarity(g.flatten(), g_after.flatten(), dim=0).item()})
+            if below:
+                saved = [p.detach().clone() for p in below]
+                _assign(below, [s - lr * grad_of[id(p)] for p, s in zip(below, saved, strict=True)])
+                _, (g_after,) = _grads(model, x, y, loss_fn, [weight], rng)
+                _assign(below, saved)
+            else:  # nothing below moves: the gradient is the one already taken
+                g_after = g
+            row = {"kind": "ics", "layer": i, "l2": (g - g_after).norm().item(),
+                   "cos": F.cosine_similarity(g.flatten(), g_after.flatten(), dim=0).item()}
+            rows.append(row if chosen is None else {**row, "chosen": chosen})
     return rows
 
 

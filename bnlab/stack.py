@@ -10,7 +10,8 @@ evaluation scores every member in one eval-mode pass (`StackedMLP.evaluate`). Me
 trained alone to float rounding.
 
 Only MLPs are stacked, with a normaliser that `StackedMLP.normalise` knows (`STACKABLE_NORMS`: a new one trains
-alone until it is added there) and no moment penalty; every other run trains alone. A run alone draws
+alone until it is added there), no moment penalty and plain SGD (optim.block=all); every other run, and one that
+asks to (trainer.alone), trains alone. A run alone draws
 its dropout masks and noise from the global RNG, which nothing else in its training step touches; a member draws
 them from its own generator, started in the same state and drawn in the same order, so its masks and noise are
 those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.func import stack_module_state
 
 from bnlab.config import flatten, role
-from bnlab.models import Net
+from bnlab.models import Net, chosen_layer, layers
 from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm, lp_normalise, renormalise
 from bnlab.probes import MomentTracker
 
@@ -107,8 +108,10 @@ class SingleModel:
     """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
 
     def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
-                 tracker: MomentTracker | None, moment_penalty: float = 0.0):
+                 tracker: MomentTracker | None, moment_penalty: float = 0.0, block: str = "all", step: int = 0):
         self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
+        # block-coordinate SGD (optim.block): each step moves one layer; `step` counts steps taken (a resumed run's)
+        self.block, self.steps_taken, self.layers = block, step, layers(net)
         self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
         self.loss_name = loss
         self.moment_penalty, self.inputs = moment_penalty, []  # the nonlinearities' inputs of this step
@@ -128,7 +131,14 @@ class SingleModel:
         self.opt.zero_grad(set_to_none=True)
         objective = loss + self.moment_penalty * moment_penalty(self.inputs) if self.moment_penalty else loss
         objective.backward()
+        if self.block != "all":  # SGD skips a parameter without a gradient (validate refuses momentum, decay)
+            chosen = chosen_layer(self.block, self.steps_taken, [[p.grad for p in ps] for ps in self.layers])
+            for i, ps in enumerate(self.layers):
+                if i != chosen:
+                    for p in ps:
+                        p.grad = None
         self.opt.step()
+        self.steps_taken += 1
         return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None  # the data loss
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
@@ -156,7 +166,8 @@ def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     m = cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
-            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty or m.residual or cfg.norm.last_layers):
+            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty or m.residual or cfg.norm.last_layers
+            or cfg.optim.block != "all" or cfg.trainer.alone):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES

@@ -189,7 +189,8 @@ class Member:
         """ICS and the landscape on this run's batch of this step, before its update."""
         tc, lr, loss_fn = sc.tc, self.cfg.optim.lr, LOSSES[sc.tc.loss]
         x, y = sc.train_x.index_select(0, idx), sc.train_y.index_select(0, idx)
-        rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers) if with_ics else []
+        rows = internal_covariate_shift(net, x, y, loss_fn, lr, tc.ics_layers, self.cfg.optim.block,
+                                        step) if with_ics else []
         if with_landscape:
             rows += landscape(net, x, y, loss_fn, lr, tc.landscape_steps,
                               seed=self.cfg.seed * 1_000_003 + step)  # random direction: own generator
@@ -312,7 +313,8 @@ def _setup(members: list[Member], data: Dataset, sc: Scoring, device: torch.devi
         _trim_logs(m.run, m.state.step if m.checkpoint else None)
     nets[0].train()
     if len(members) == 1:
-        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, members[0].tracker, tc.moment_penalty)
+        return SingleModel(nets[0], opts[0], sc.train_x, sc.train_y, tc.loss, members[0].tracker, tc.moment_penalty,
+                           members[0].cfg.optim.block, members[0].state.step)
     trackers = [m.tracker for m in members] if tc.moment_units else None
     return StackedMLP(nets, opts, [m.rng for m in members], sc.train_x, sc.train_y, tc.loss, trackers)
 

@@ -44,6 +44,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.residual=true is for model=mlp (its hidden layers share one width)")
     if not 0 <= cfg.model.dropout < 1:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    if cfg.optim.block != "all" and (cfg.optim.momentum or cfg.optim.weight_decay):
+        raise ConfigError(f"optim.block={cfg.optim.block} moves one layer a step, but optim.momentum="
+                          f"{cfg.optim.momentum} and optim.weight_decay={cfg.optim.weight_decay} would move the others "
+                          "too; use optim.momentum=0 optim.weight_decay=0 with it, or optim.block=all")
     if cfg.norm.name in BATCH_DEPENDENT and cfg.trainer.batch_size < 2:
         raise ConfigError(f"norm={cfg.norm.name} normalises over the batch, so trainer.batch_size="
                           f"{cfg.trainer.batch_size} leaves nothing to normalise over; use a batch of 2 or more "

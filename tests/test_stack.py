@@ -233,7 +233,7 @@ def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != stack_key(base)
     assert stack_key(make_cfg(data_root / "elsewhere", tmp_path)) != stack_key(base)  # a stack loads its data once
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.moment_units=2"])) != stack_key(base)
-    for alone in (["model=cnn"], ["wandb.mode=offline"]):
+    for alone in (["model=cnn"], ["wandb.mode=offline"], ["optim.block=round_robin"], ["trainer.alone=true"]):
         assert stack_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
 

@@ -1,0 +1,131 @@
+"""The write-up's reader: update one layer a step (block-coordinate SGD); the author: 'too slow'. Steps, wall time
+and internal covariate shift to a target, against full SGD, with and without BN, on the Fig. 1 MLP."""
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from bnlab import plots, runlog
+from bnlab.analysis import done, ratio, select, steps_to
+from bnlab.claims import Context, Finding
+
+RULES = ("round_robin", "largest_grad")
+BLOCKS = ("all", *RULES)
+NAMES = {"all": "full SGD", "round_robin": "round-robin", "largest_grad": "largest gradient"}
+STYLES = {"all": "-", "round_robin": "--", "largest_grad": ":"}
+
+
+def time_to(curve: pd.DataFrame, target: float) -> float:
+    """Training seconds (evaluation and probes excluded) to the first evaluation at target; inf if never."""
+    hit = curve[curve.test_acc >= target]
+    return float(hit.train_time.iloc[0]) if len(hit) else math.inf
+
+
+def by_seed(runs: pd.DataFrame, fn, **where) -> dict[int, float]:
+    """seed -> fn(run) for the runs matching `where` (one per seed)."""
+    return {int(r.seed): fn(r) for _, r in select(runs, **where).iterrows()}
+
+
+def fastest_lr(runs: pd.DataFrame, norm: str, block: str, target: float) -> float:
+    """The rate with the lowest median steps to target over seeds (ties to the smaller rate)."""
+    best, best_steps = math.nan, math.inf
+    for lr in sorted(select(runs, norm__name=norm, optim__block=block)["optim.lr"].unique()):
+        steps = by_seed(runs, lambda r: steps_to(runlog.metrics(r.path), target), norm__name=norm,
+                        optim__block=block, optim__lr=lr).values()
+        median = float(np.median(list(steps))) if steps else math.inf
+        if math.isnan(best) or median < best_steps:
+            best, best_steps = lr, median
+    return best
+
+
+def paired(runs: pd.DataFrame, fn, arm: dict, reference: dict, combine=ratio) -> list[float]:
+    """combine(fn(run of arm), fn(run of reference)), paired by seed."""
+    a, b = by_seed(runs, fn, **arm), by_seed(runs, fn, **reference)
+    return [combine(a[s], b[s]) for s in sorted(set(a) & set(b))]
+
+
+def mean_ics(run, layer: int) -> float:
+    p = runlog.probes(run.path)
+    p = p[(p.kind == "ics") & (p.layer == layer)] if len(p) else p
+    return float(p.l2.mean()) if len(p) else math.nan
+
+
+def zero_fraction(run, layer: int) -> float:
+    p = runlog.probes(run.path)
+    p = p[(p.kind == "ics") & (p.layer == layer)] if len(p) else p
+    return float((p.l2 == 0).mean()) if len(p) else math.nan
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    claims = ctx.cfg.claims
+    target, lr_ics = float(claims.OL_too_slow.params.target), float(claims.OL_less_shift.params.lr)
+    layers = list(ctx.cfg.trainer.ics_layers)
+    norms = [n for n in ("none", "batch") if n in set(runs["norm.name"])]
+    lrs = sorted(runs["optim.lr"].unique())
+    fast = {(n, b): fastest_lr(runs, n, b, target) for n in norms for b in BLOCKS}
+    steps_fn = lambda r: steps_to(runlog.metrics(r.path), target)  # noqa: E731
+    time_fn = lambda r: time_to(runlog.metrics(r.path), target)  # noqa: E731
+    at = lambda n, b, lr: {"norm__name": n, "optim__block": b, "optim__lr": lr}  # noqa: E731
+    cell = lambda n, b: f"{plots.LABELS[n]}, {NAMES[b]}"  # noqa: E731
+    too_slow = {cell(n, b): paired(runs, steps_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+                for n in norms for b in RULES}
+    too_slow_wall = {cell(n, b): paired(runs, time_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+                     for n in norms for b in RULES}
+    less_shift = {f"{cell(n, b)}, layer {i + 1}": paired(runs, lambda r, i=i: mean_ics(r, i), at(n, b, lr_ics),
+                                                         at(n, "all", lr_ics), lambda a, c: a / c if c else math.nan)
+                  for n in norms for b in RULES for i in layers}
+    expected = {i: 1 - i / 4 for i in layers}  # round-robin moves a layer below hidden layer i at i of 4 steps
+    one_layer = {plots.LABELS[n]: list(by_seed(runs, lambda r: max(abs(zero_fraction(r, i) - expected[i])
+                                                                    for i in layers),
+                                               **at(n, "round_robin", lr_ics)).values()) for n in norms}
+
+    # figure: test accuracy at each arm's fastest rate (row 1), ICS of the top probed layer at lr_ics (row 2)
+    fig, ax = plots.subplots(len(norms), nrows=2, width=3.6)
+    for j, n in enumerate(norms):
+        for b in BLOCKS:
+            color = plots.COLORS[n]
+            cs = [runlog.metrics(r.path).dropna(subset=["test_acc"]) for r in select(runs, **at(n, b, fast[n, b]))
+                  .itertuples()]
+            plots.band(ax[0, j], cs, "step", "test_acc", color, f"{NAMES[b]}, lr {fast[n, b]:g}",
+                       linestyle=STYLES[b])
+            ps = [p[(p.kind == "ics") & (p.layer == layers[-1])] for p in
+                  (runlog.probes(r.path) for r in select(runs, **at(n, b, lr_ics)).itertuples()) if len(p)]
+            ps = [p.assign(l2=p.l2.rolling(8, min_periods=1).mean()) for p in ps]  # round-robin's zeros smoothed
+            plots.band(ax[1, j], ps, "step", "l2", color, NAMES[b], linestyle=STYLES[b])
+        ax[0, j].axhline(target, color="k", lw=0.6, ls=":")
+        ax[0, j].set(title=f"3 x 100 sigmoid MLP, {plots.LABELS[n]}: each at its fastest lr", xlabel="step",
+                     ylabel="test accuracy", ylim=(0.5, 1))
+        ax[1, j].set(title=f"ICS, layer {layers[-1] + 1}, lr {lr_ics:g} (mean of 8 probes)", xlabel="step",
+                     ylabel="||G - G'||", yscale="log")
+        for a in ax[:, j]:
+            a.legend(fontsize=7)
+    fig_path = plots.save(fig, ctx.figure_path("accuracy_ics"))
+
+    rows = []
+    for n in norms:
+        for b in BLOCKS:
+            for lr in lrs:
+                sel = at(n, b, lr)
+                rows.append({"norm": plots.LABELS[n], "optimiser": NAMES[b], "lr": lr,
+                             "fastest": "yes" if lr == fast[n, b] else "",
+                             f"steps to {target:.0%}": list(by_seed(runs, steps_fn, **sel).values()),
+                             f"train s to {target:.0%}": list(by_seed(runs, time_fn, **sel).values()),
+                             "steps/s": list(by_seed(runs, lambda r: float(r.steps_per_s), **sel).values()),
+                             "final acc": list(by_seed(runs, lambda r: float(r.final_test_acc), **sel).values()),
+                             **{f"mean ICS L{i + 1}": list(by_seed(runs, lambda r, i=i: mean_ics(r, i), **sel)
+                                                           .values()) for i in layers}})
+    ctx.write_table("table", pd.DataFrame(rows), "One layer at a time: steps, training time and ICS by optimiser "
+                    "(diverged runs excluded)")
+    rates = ", ".join(f"{plots.LABELS[n]} {NAMES[b]} {fast[n, b]:g}" for n in norms for b in BLOCKS)
+    return [
+        Finding("OL_too_slow", too_slow, f"steps to {target:.0%} test accuracy, block-coordinate / full SGD, per "
+                f"seed, each at its fastest rate ({rates})", fig_path),
+        Finding("OL_too_slow_wall", too_slow_wall, f"training seconds to {target:.0%}, block-coordinate / full SGD, "
+                f"per seed, each at its fastest rate, every run alone on one thread", fig_path),
+        Finding("OL_less_shift", less_shift, f"mean ICS ||G - G'|| over training, block-coordinate / full SGD, per "
+                f"seed, lr {lr_ics:g}", fig_path),
+        Finding("OL_one_layer_moves", one_layer, "round-robin: max over hidden layers 2, 3 of |fraction of probes "
+                "with ICS exactly 0 - expected (3/4, 1/2)|, per seed", fig_path),
+    ]
