@@ -52,7 +52,7 @@ class Net(nn.Module):
         return self.head(x.flatten(1))
 
 
-def layers(net: Net) -> list[list[nn.Parameter]]:
+def layer_parameters(net: Net) -> list[list[nn.Parameter]]:
     """The parameters of each layer, input to output: every hidden block's (its linear map's and its normaliser's
     gamma and beta), then the head's. Block-coordinate SGD moves one of these a step."""
     return [list(b.parameters()) for b in net.blocks] + [list(net.head.parameters())]

@@ -10,7 +10,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from bnlab.models import Net, chosen_layer, layers
+from bnlab.models import Net, chosen_layer, layer_parameters
 
 PERCENTILES = (15.0, 50.0, 85.0)  # Ioffe Fig. 1(b,c)
 
@@ -170,7 +170,7 @@ def _assign(params: list[torch.Tensor], values) -> None:
 
 
 def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float,
-                             layers_: list[int], block: str = "all", step: int = 0) -> list[dict]:
+                             layers: list[int], block: str = "all", step: int = 0) -> list[dict]:
     """Santurkar et al. Def. 2.1: G = grad of layer i's weight; G' = the same after every layer below i has
     taken its own gradient step (on the same batch, same noise draw). Returns l2 distance and cosine.
 
@@ -183,8 +183,8 @@ def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_
         rng, params, _, grads = _all_grads(model, x, y, loss_fn)
         grad_of = dict(zip(map(id, params), grads, strict=True))
         chosen = None if block == "all" else chosen_layer(block, step, [[grad_of[id(p)] for p in ps]
-                                                                         for ps in layers(model)])
-        for i in layers_:
+                                                                         for ps in layer_parameters(model)])
+        for i in layers:
             weight = model.blocks[i].linear.weight
             moving = model.blocks[:i] if chosen is None else model.blocks[chosen:chosen + 1] if chosen < i else []
             below = [p for b in moving for p in b.parameters()]

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.func import stack_module_state
 
 from bnlab.config import flatten, role
-from bnlab.models import Net, chosen_layer, layers
+from bnlab.models import Net, chosen_layer, layer_parameters
 from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm, lp_normalise, renormalise
 from bnlab.probes import MomentTracker
 
@@ -111,7 +111,7 @@ class SingleModel:
                  tracker: MomentTracker | None, moment_penalty: float = 0.0, block: str = "all", step: int = 0):
         self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
         # block-coordinate SGD (optim.block): each step moves one layer; `step` counts steps taken (a resumed run's)
-        self.block, self.steps_taken, self.layers = block, step, layers(net)
+        self.block, self.steps_taken, self.layers = block, step, layer_parameters(net)
         self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
         self.loss_name = loss
         self.moment_penalty, self.inputs = moment_penalty, []  # the nonlinearities' inputs of this step

@@ -7,7 +7,7 @@ import torch
 
 from bnlab.config import ConfigError, run_identity
 from bnlab.data import load
-from bnlab.models import chosen_layer, init_model, layers
+from bnlab.models import chosen_layer, init_model, layer_parameters
 from bnlab.probes import internal_covariate_shift
 from bnlab.runlog import read_jsonl
 from bnlab.stack import LOSSES, SingleModel, stack_key
@@ -32,18 +32,18 @@ def batch(t: int) -> torch.Tensor:
 
 def moved(net, before) -> list[int]:
     """The layers (input to output, head last) whose parameters differ from `before`."""
-    return [i for i, (ps, saved) in enumerate(zip(layers(net), before, strict=True))
+    return [i for i, (ps, saved) in enumerate(zip(layer_parameters(net), before, strict=True))
             if any(not torch.equal(p, s) for p, s in zip(ps, saved, strict=True))]
 
 
 def snapshot(net) -> list[list[torch.Tensor]]:
-    return [[p.detach().clone() for p in ps] for ps in layers(net)]
+    return [[p.detach().clone() for p in ps] for ps in layer_parameters(net)]
 
 
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_round_robin_moves_exactly_one_layer_a_step_in_order(data_root, tmp_path, norm):
     net, model, _ = single(data_root, tmp_path, "round_robin", norm)
-    assert len(layers(net)) == 4  # three hidden blocks (with BN: gamma and beta too), then the head
+    assert len(layer_parameters(net)) == 4  # three hidden blocks (with BN: gamma and beta too), then the head
     for t in range(9):
         before = snapshot(net)
         model.step(batch(t))
@@ -66,7 +66,7 @@ def test_largest_grad_moves_only_the_layer_with_the_largest_gradient(data_root, 
         twin = copy.deepcopy(net)
         idx = batch(t)
         LOSSES["cross_entropy"](twin(data.train.x[idx[0]]), data.train.y[idx[0]]).backward()
-        norms = [sum(p.grad.pow(2).sum().item() for p in ps) for ps in layers(twin)]
+        norms = [sum(p.grad.pow(2).sum().item() for p in ps) for ps in layer_parameters(twin)]
         before = snapshot(net)
         model.step(idx)
         assert moved(net, before) == [max(range(4), key=norms.__getitem__)]
