@@ -62,6 +62,8 @@ LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn
   bn_inference santurkar_theory
 SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
 
+# Its timing log block starts with a "[bnlab] make reproduce on <CPU>" line; bnlab.efficiency sums the
+# "[bnlab] <experiment>: N s" lines after the last one (each sweep on one core) against the runs' FLOP floor.
 reproduce: install
 	$(PY) -m bnlab.data
 	@$(PY) -m bnlab.progress --scale $(SCALE) & progress=$$!; \
@@ -71,6 +73,7 @@ reproduce: install
 	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 	$(PY) -m bnlab.report --scale $(SCALE)
+	$(PY) -m bnlab.efficiency --scale $(SCALE)
 	$(PY) -m bnlab.archive pack --scale $(SCALE)
 
 sweep-%:

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 
 from bnlab.config import REPO_ROOT, TrainerConfig
 from bnlab.data import _UnverifiedCIFAR10
+from bnlab.efficiency import matmul_gflops, step_flops
 from bnlab.models import build_model
 from bnlab.runlog import atomic_write_text, cpu_name
 from bnlab.stack import stack_key
@@ -43,13 +43,6 @@ WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
 STACK_SIZES = (8, 16)  # stack sizes timed
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -57,11 +50,7 @@ def _timed(fn) -> float:
 
 
 def flops_per_step(cfg, shape, batch: int) -> float:
-    model = build_model(cfg.model, cfg.norm, shape, 10)
-    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops()
+    return step_flops(cfg.model, cfg.norm, shape, 10, batch)
 
 
 def canonical(cfg, steps: int, batch: int) -> float:

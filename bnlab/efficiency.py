@@ -1,0 +1,133 @@
+"""How close a reproduction came to what this CPU's matrix units allow: its core-seconds against the FLOP floor.
+
+  python -m bnlab.efficiency --scale cpu      (the end of `make reproduce`; appends a line to results/timing_cpu.log)
+
+The floor is every reported run's training and evaluation FLOPs (torch.utils.flop_counter: matmuls and
+convolutions; one step's forward and backward times its steps, one example's forward times the examples each
+evaluation scored) over the single-thread matmul rate measured now. Probes, process start-up and data loading are
+left out of the FLOPs and in the core-seconds, which are the sum of the per-experiment sweep times (one worker, so
+one core, each) of the last `make reproduce` in the timing log; a reproduction that resumed finished runs counts
+their FLOPs but not their time, so its ratio reads high.
+"""
+
+import argparse
+import functools
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+from bnlab.config import REPO_ROOT, DataConfig, TrainConfig
+from bnlab.data import load
+from bnlab.models import build_model
+from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
+from bnlab.stack import LOSSES
+
+HEADER = "[bnlab] make reproduce on "  # the line that starts each reproduction's block in the timing log
+SWEEP_TIME = re.compile(r"^\[bnlab\] (\w+): (\d+) s$")
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This thread's float32 matmul rate: the best of `repeats` n x n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def step_flops(model_cfg, norm_cfg, shape: tuple[int, ...], classes: int, batch: int, loss: str = "cross_entropy",
+               backward: bool = True) -> float:
+    """FLOPs of one forward (and backward) pass of the model on `batch` examples."""
+    model = build_model(model_cfg, norm_cfg, shape, classes)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, classes, (batch,)) if loss == "cross_entropy" else torch.randn(batch, classes)
+    with FlopCounterMode(display=False) as counter:
+        if backward:
+            LOSSES[loss](model(x), y).backward()
+        else:  # evaluation: eval mode, where BN's statistics are running ones (a batch of one is fine)
+            with torch.no_grad():
+                model.eval()(x)
+    return counter.get_total_flops()
+
+
+@functools.cache
+def _schema_defaults() -> dict:
+    """The schema's values, with the data's source (root, verify) as this machine has it now."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+    source = OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=True)
+    return {**defaults, "data": {**defaults["data"], **{k: source[k] for k in ("root", "download", "verify")}}}
+
+
+@functools.cache
+def _per_run_rates(key: str) -> tuple[float, float, int]:
+    """(FLOPs per training step, FLOPs per evaluated example, test examples) for a run config's JSON."""
+    cfg = OmegaConf.create(json.loads(key))
+    data = load(cfg.data)
+    shape, classes = tuple(data.train.x.shape[1:]), data.num_classes
+    train = step_flops(cfg.model, cfg.norm, shape, classes, cfg.trainer.batch_size, cfg.trainer.loss)
+    return train, step_flops(cfg.model, cfg.norm, shape, classes, 1, cfg.trainer.loss, backward=False), len(data.test.x)
+
+
+def run_flops(run_dir: Path) -> tuple[float, float]:
+    """(training FLOPs, evaluation FLOPs) of one run, from its config, its steps and its logged evaluations."""
+    with open(run_dir / CONFIG) as f:  # PyYAML's C loader: OmegaConf takes ~40 ms a run
+        cfg = yaml.load(f, Loader=yaml.CSafeLoader)
+    # a key the run predates has its default, which keeps the old behaviour (config.run_identity); the data's
+    # source is this machine's
+    defaults = _schema_defaults()
+    parts = {k: {**defaults[k], **cfg[k]} for k in ("model", "norm", "trainer")}
+    parts["data"] = {**cfg["data"], **{k: defaults["data"][k] for k in ("root", "download", "verify")}}
+    per_step, per_example, test_size = _per_run_rates(json.dumps(parts, sort_keys=True))
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    evals = len((run_dir / METRICS).read_text().splitlines())
+    return per_step * summary["steps"], per_example * evals * (test_size + parts["trainer"]["train_eval_size"])
+
+
+def reproduction_flops(runs_csv: Path, out_root: Path) -> tuple[float, float, int]:
+    """(training, evaluation FLOPs, runs) of the runs the report read (runs.csv: in the sweep, not stale)."""
+    runs = pd.read_csv(runs_csv)
+    runs = runs[runs.in_sweep & ~runs.stale & runs.status.isin(["finished", "diverged"])]
+    train = evaluation = 0.0
+    for path in runs.path:
+        t, e = run_flops(out_root / path)
+        train, evaluation = train + t, evaluation + e
+    return train, evaluation, len(runs)
+
+
+def core_seconds(log: Path) -> float:
+    """The sum of the per-experiment sweep times of the last `make reproduce` in the timing log."""
+    lines = log.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(HEADER)]
+    block = lines[starts[-1] + 1:] if starts else lines
+    return float(sum(int(m.group(2)) for line in block if (m := SWEEP_TIME.match(line))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    log = REPO_ROOT / "results" / f"timing_{args.scale}.log"
+    train, evaluation, n = reproduction_flops(REPO_ROOT / "results" / "runs.csv", REPO_ROOT / "results" / "runs")
+    gflops, spent = matmul_gflops(), core_seconds(log)
+    floor = (train + evaluation) / (gflops * 1e9)
+    line = (f"[bnlab] efficiency: {n} runs, {train / 1e12:.1f} TFLOP of training and {evaluation / 1e12:.1f} of "
+            f"evaluation = {floor:.0f} s at {gflops:.0f} GFLOP/s (one thread, {cpu_name()}); the sweeps took "
+            f"{spent:.0f} core-s, {floor / spent:.1%} of the floor's speed" if spent else "no sweep times logged")
+    print(line)
+    with log.open("a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
