@@ -272,9 +272,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 @functools.cache
-def _schema_defaults() -> dict:
-    """The schema's values, flattened (building the structured config takes ~60 ms; the report asks per run)."""
-    return flatten(OmegaConf.to_container(OmegaConf.structured(TrainConfig)))  # type: ignore[arg-type]
+def schema_values() -> dict:
+    """The schema's values as nested dicts (building the structured config takes ~60 ms; the report asks per run).
+    Read-only: a caller that changes them copies first."""
+    return OmegaConf.to_container(OmegaConf.structured(TrainConfig))  # type: ignore[return-value]
+
+
+@functools.cache
+def flat_schema_values() -> dict:
+    """The schema's values, flattened."""
+    return flatten(schema_values())
 
 
 def run_identity(cfg: DictConfig) -> str:
@@ -284,7 +291,7 @@ def run_identity(cfg: DictConfig) -> str:
     (with a default that keeps old behaviour) does not invalidate finished runs; like a code change, a
     changed default is the author's to handle (delete the affected runs)."""
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    defaults = _schema_defaults()
+    defaults = flat_schema_values()
     kept = {k: v for k, v in values.items()
             if role(k) in (None, "member") and defaults.get(k, ...) != v}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from bnlab.config import REPO_ROOT, DataConfig, TrainConfig
+from bnlab.config import REPO_ROOT, DataConfig, schema_values
 from bnlab.data import load
 from bnlab.models import build_model
 from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
@@ -61,11 +61,10 @@ def step_flops(model_cfg, norm_cfg, shape: tuple[int, ...], classes: int, batch:
 
 
 @functools.cache
-def _schema_defaults() -> dict:
-    """The schema's values, with the data's source (root, verify) as this machine has it now."""
-    defaults = OmegaConf.to_container(OmegaConf.structured(TrainConfig))
+def _data_source() -> dict:
+    """Where this machine reads the data (root, download, verify): the runs may have trained elsewhere."""
     source = OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=True)
-    return {**defaults, "data": {**defaults["data"], **{k: source[k] for k in ("root", "download", "verify")}}}
+    return {k: source[k] for k in ("root", "download", "verify")}  # type: ignore[index]
 
 
 @functools.cache
@@ -82,11 +81,10 @@ def run_flops(run_dir: Path) -> tuple[float, float]:
     """(training FLOPs, evaluation FLOPs) of one run, from its config, its steps and its logged evaluations."""
     with open(run_dir / CONFIG) as f:  # PyYAML's C loader: OmegaConf takes ~40 ms a run
         cfg = yaml.load(f, Loader=yaml.CSafeLoader)
-    # a key the run predates has its default, which keeps the old behaviour (config.run_identity); the data's
-    # source is this machine's
-    defaults = _schema_defaults()
+    # a key the run predates has its default, as in runlog.run_config; the data's source is this machine's
+    defaults = schema_values()
     parts = {k: {**defaults[k], **cfg[k]} for k in ("model", "norm", "trainer")}
-    parts["data"] = {**cfg["data"], **{k: defaults["data"][k] for k in ("root", "download", "verify")}}
+    parts["data"] = {**defaults["data"], **cfg["data"], **_data_source()}
     per_step, per_example, test_size = _per_run_rates(json.dumps(parts, sort_keys=True))
     summary = json.loads((run_dir / SUMMARY).read_text())
     evals = len((run_dir / METRICS).read_text().splitlines())

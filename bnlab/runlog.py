@@ -34,7 +34,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.config import REPO_ROOT, flatten
+from bnlab.config import REPO_ROOT, flat_schema_values, flatten, schema_values
 
 CONFIG, METRICS, ACTIVATIONS, PROBES = "config.yaml", "metrics.jsonl", "activations.jsonl", "probes.jsonl"
 CHECKPOINT, MODEL, SUMMARY, ERROR = "checkpoint.pt", "model.pt", "summary.json", "error.txt"
@@ -212,6 +212,12 @@ class WandbMirror:
 
 # Reading run directories back
 
+def run_config(run_dir: str | Path) -> DictConfig:
+    """A run's resolved config, with the schema's default for every key the run predates: a key is added with a
+    default that keeps the old behaviour (config.run_identity), so that is how the run trained."""
+    return OmegaConf.merge(schema_values(), OmegaConf.load(Path(run_dir) / CONFIG))  # type: ignore[return-value]
+
+
 def runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...), the summary (status,
     accuracies, steps/s, ...), `job_overrides` (the job's overrides as Hydra saved them) and `path`. A directory
@@ -219,7 +225,8 @@ def runs(sweep_dir: str | Path) -> pd.DataFrame:
     rows = []
     for cfg_path in sorted(Path(sweep_dir).glob(f"*/{CONFIG}")):
         run_dir = cfg_path.parent
-        row = flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))  # type: ignore[arg-type]
+        # a key the run predates: its default, as in run_config (merging each config with the schema is slower)
+        row = {**flat_schema_values(), **flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))}  # type: ignore[arg-type]
         row = {k: v for k, v in row.items() if k != "claims" and not k.startswith("claims.")}
         try:
             summary = json.loads((run_dir / SUMMARY).read_text())

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
 from bnlab import plots, runlog
 from bnlab.analysis import done
@@ -36,7 +35,7 @@ def analyze(ctx: Context) -> list[Finding]:
     by_class = torch.argsort(y, stable=True)  # class-sorted batches: the non-i.i.d. case
     rows = []
     for _, r in runs.iterrows():
-        cfg = OmegaConf.load(Path(r.path) / runlog.CONFIG)
+        cfg = runlog.run_config(r.path)
         model = build_model(cfg.model, cfg.norm, data.shape, data.num_classes)
         model.load_state_dict(torch.load(Path(r.path) / runlog.MODEL))
         row = {"momentum": r["norm.momentum"], "seed": int(r.seed), "running": r.final_test_acc}

@@ -200,3 +200,19 @@ def test_claims_are_grouped_by_source_and_every_experiment_has_a_heading():
                   by_source({n: experiment_config(n, "smoke") for n in experiment_names()}))
     assert "Other" not in groups.values()
     assert groups["outside_gradient"] == "Questions from the write-up" and groups["non_iid"] == groups["layer_vs_batch"]
+
+
+def test_a_run_that_predates_a_config_key_reads_as_its_default(data_root, tmp_path):
+    """A key is added with a default that keeps the old behaviour, so an older run's config without it (here
+    norm.last_layers and model.residual) reads as having the default, in the runs table and when rebuilt."""
+    from tests.conftest import make_cfg
+
+    cfg = OmegaConf.to_container(make_cfg(data_root, tmp_path, ["norm=batch"]), resolve=True)
+    del cfg["norm"]["last_layers"], cfg["model"]["residual"]
+    run = tmp_path / "sweep" / "norm=batch"
+    run.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(cfg), run / runlog.CONFIG)
+    rebuilt = runlog.run_config(run)
+    assert (rebuilt.norm.last_layers, rebuilt.model.residual, rebuilt.norm.name) == (0, False, "batch")
+    row = runlog.runs(tmp_path / "sweep").iloc[0]
+    assert (row["norm.last_layers"], row["model.residual"], row["norm.name"]) == (0, False, "batch")
