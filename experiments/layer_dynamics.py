@@ -44,6 +44,16 @@ def jacobian_distance(run, step: int | None) -> float:
     return float(np.abs(np.log2(at.jac_sv_median)).max()) if len(at) else math.inf
 
 
+def spread(runs: pd.DataFrame, arm: str, lr: float, step: int | None) -> str:
+    """The median over seeds and layer pairs of the smallest and largest singular values, for the detail text."""
+    rows = []
+    for _, r in select(runs, arm=arm, optim__lr=lr).iterrows():
+        acts = runlog.activations(r.path).dropna(subset=["jac_sv_median"])
+        rows.append(acts[acts.step == (acts.step.max() if step is None else step)])
+    at = pd.concat(rows) if rows else pd.DataFrame(columns=["jac_sv_min", "jac_sv_max"])
+    return f"{at.jac_sv_min.median():.2g} to {at.jac_sv_max.median():.2g}"
+
+
 def per_seed(runs: pd.DataFrame, arm: str, lr: float, value) -> dict[int, float]:
     return {int(r.seed): value(r) for _, r in select(runs, arm=arm, optim__lr=lr).iterrows()}
 
@@ -90,12 +100,18 @@ def analyze(ctx: Context) -> list[Finding]:
     return [
         Finding("SH_bn_moves_less", {f"lr {lr:g}": paired(shift["batch", lr], shift["none", lr]) for lr in lrs},
                 "mean change per probe interval of a unit's mean and std on the probe batch, BN (gamma, beta "
-                "learned) / no BN, per seed", fig_path),
+                "learned) / no BN, per seed; with BN a unit's mean and std on the batch it normalises are its beta "
+                "and |gamma|, so BN's shift is how far they move", fig_path),
         Finding("SH_fixed_affine_still", {f"lr {lr:g}": list(shift["batch_fixed", lr].values()) for lr in lrs},
                 "mean change per probe interval of a unit's mean and std on the probe batch, BN with gamma = 1, "
                 "beta = 0", fig_path),
         Finding("JS_near_one", cells(lambda bn, none: [bn[s] for s in sorted(bn)]),
-                "BN: the larger |log2 typical singular value| of the two layer pairs, per seed", fig_path),
+                "BN: the larger |log2 typical singular value| of the two layer pairs, per seed. The typical (median) "
+                "value stands in for Ioffe's 'all singular values', which spread, with BN, from "
+                f"{spread(runs, 'batch', lrs[0], 0)} at initialisation and "
+                + ", ".join(f"{spread(runs, 'batch', lr, None)} at the end at lr {lr:g}" for lr in lrs)
+                + " (medians of the smallest and the largest); J includes this layer's gamma, not the one below's",
+                fig_path),
         Finding("JS_closer_with_bn", cells(paired),
                 "the larger |log2 typical singular value| of the two layer pairs, BN / no BN, per seed", fig_path),
     ]
