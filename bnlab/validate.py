@@ -32,10 +32,11 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be > 0")
-    if cfg.trainer.jacobian_examples and (cfg.model.arch != "mlp" or cfg.norm.name not in PER_UNIT_AFFINE):
-        raise ConfigError(f"trainer.jacobian_examples needs an MLP whose normaliser maps each unit by an affine "
-                          f"function of the batch ({', '.join(sorted(PER_UNIT_AFFINE))}), not "
-                          f"model.arch={cfg.model.arch} norm={cfg.norm.name}")
+    if cfg.trainer.jacobian_examples and (cfg.model.arch != "mlp" or cfg.model.residual
+                                          or cfg.norm.name not in PER_UNIT_AFFINE):
+        raise ConfigError(f"trainer.jacobian_examples needs a plain MLP (model.residual=false) whose normaliser maps "
+                          f"each unit by an affine function of the batch ({', '.join(sorted(PER_UNIT_AFFINE))}), not "
+                          f"model.arch={cfg.model.arch} model.residual={cfg.model.residual} norm={cfg.norm.name}")
     layers = cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)
     if not 0 <= cfg.norm.last_layers <= layers:
         raise ConfigError(f"norm.last_layers={cfg.norm.last_layers} must be between 0 (every hidden layer) and the "

@@ -110,7 +110,8 @@ def test_finished_run_is_skipped_and_changed_config_retrains(data_root, tmp_path
     ("norm.name=weird", "norm.name (norm=)='weird' is not known; choose one of"),
     ("model.activation=swish", "model.activation='swish' is not known"),
     ("model.dropout=1.0", "model.dropout"),
-    ("norm=layer trainer.jacobian_examples=5", "trainer.jacobian_examples needs an MLP whose normaliser maps"),
+    ("norm=layer trainer.jacobian_examples=5", "trainer.jacobian_examples needs a plain MLP"),
+    ("model.residual=true trainer.jacobian_examples=5", "model.residual=True norm=none"),
     ("norm.last_layers=4", "norm.last_layers=4 must be between 0 (every hidden layer) and the 3 hidden layers"),
     ("model=cnn model.residual=true", "model.residual=true is for model=mlp"),
 ])
