@@ -44,6 +44,14 @@ def test_misspelt_key_and_wrong_type_are_clear_errors(tmp_path):
     assert r.returncode != 0 and "Invalid value 'rnn', expected one of [mlp, cnn]" in r.stderr
 
 
+def test_a_bad_value_in_one_job_of_a_sweep_stops_it_before_any_run_with_the_reason(tmp_path):
+    """The sweeper leaves composing to bnlab's launcher, which composes every job before any run starts."""
+    r = run_cli(["bnlab.train", "-m", f"out_root={tmp_path}", "optim.lr=0.1,fast"], env_extra={"HYDRA_FULL_ERROR": "0"})
+    assert r.returncode != 0
+    assert "Error merging override optim.lr=fast" in r.stderr and "could not be converted to Float" in r.stderr
+    assert not [p for p in (tmp_path / "cpu" / "adhoc").iterdir() if p.is_dir()]  # no run directory
+
+
 def test_hydra_finds_the_sweep_launcher_from_outside_the_repository(tmp_path):
     """The launcher is a Hydra plugin, registered by Hydra's own scan of hydra_plugins/, not by an import in
     bnlab: started in another folder, the installed package still composes its launcher."""

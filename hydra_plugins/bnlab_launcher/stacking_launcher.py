@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, run_job, setup_globals
+from hydra.errors import ConfigCompositionException
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from joblib import Parallel, delayed
@@ -84,13 +86,35 @@ class StackingLauncher(JoblibLauncher):
         return sorted(groups, key=min)
 
 
+@dataclass
+class ComposeOnceSweeperConf(BasicSweeperConf):
+    _target_: str = "hydra_plugins.bnlab_launcher.stacking_launcher.ComposeOnceSweeper"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="bnlab_basic", node=ComposeOnceSweeperConf, provider="bnlab")
+
+
+class ComposeOnceSweeper(BasicSweeper):
+    """Hydra's basic sweeper, without its own pass composing every job before the launch when the launcher is
+    bnlab's, which composes each job in its workers and checks them all (preflight) before any run starts: the
+    sweeper's pass composed every config a second time, serially (~0.2 s a job in the main process). With any
+    other launcher it validates as Hydra's does."""
+
+    def validate_batch_is_legal(self, batch) -> None:
+        if not isinstance(self.launcher, StackingLauncher):
+            super().validate_batch_is_legal(batch)
+
+
 def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_state) -> tuple[DictConfig, str | None]:
     """In a worker: one job's config, composed as Hydra's joblib launcher composes it, and its stack key."""
     from bnlab.stack import stack_key
 
     setup_globals()
     Singleton.set_state(singleton_state)
-    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    try:
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    except ConfigCompositionException as e:  # its cause (why the override fails) does not survive the worker
+        raise ConfigCompositionException(f"{e}\n{e.__cause__}" if e.__cause__ else str(e)) from None
     with open_dict(sweep_config):
         sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
         sweep_config.hydra.job.num = idx
