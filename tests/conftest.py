@@ -68,6 +68,22 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+def interrupt_at_evaluation(monkeypatch, n: int) -> None:
+    """The n-th evaluation of a run (the first is at step 0) raises KeyboardInterrupt, as a kill would stop it;
+    `monkeypatch.undo()` lets the next run go on."""
+    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
+
+    real_eval, calls = stack.evaluate, {"n": 0}
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real_eval(*a, **k)
+
+    monkeypatch.setattr(stack, "evaluate", interrupted)
+
+
 def make_cfg(data_root: Path, out_root: Path, overrides: list[str] = ()):
     """The composed config exactly as the CLI would build it, shrunk to seconds."""
     with initialize_config_dir(config_dir=str(REPO_ROOT / "configs"), version_base="1.3"):

@@ -12,7 +12,7 @@ from bnlab.probes import internal_covariate_shift
 from bnlab.runlog import read_jsonl
 from bnlab.stack import LOSSES, SingleModel, stack_key
 from bnlab.train import train
-from tests.conftest import make_cfg
+from tests.conftest import interrupt_at_evaluation, make_cfg
 
 BATCH = 30
 
@@ -131,19 +131,9 @@ def test_block_runs_train_alone_and_log_the_chosen_layer(data_root, tmp_path):
 
 def test_resumed_round_robin_run_continues_its_turns(data_root, tmp_path, monkeypatch):
     """The turn comes from the step a resumed run starts at, so a cut and resumed run equals the whole one."""
-    import bnlab.stack as stack
-
     cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.block=round_robin", "trainer.steps=30"])
     train(cfg, str(tmp_path / "whole"))
-    real_eval, calls = stack.evaluate, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the evaluation at step 20, after the checkpoint at 10
-            raise KeyboardInterrupt
-        return real_eval(*a, **k)
-
-    monkeypatch.setattr(stack, "evaluate", interrupted)
+    interrupt_at_evaluation(monkeypatch, 3)  # the evaluation at step 20, after the checkpoint at 10
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "cut"))
     monkeypatch.undo()

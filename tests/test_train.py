@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 
 from bnlab.runlog import atomic_torch_save, read_jsonl
 from bnlab.train import ConfigError, run_jobs, train
-from tests.conftest import make_cfg
+from tests.conftest import interrupt_at_evaluation, make_cfg
 
 STABLE = ("step", "test_loss", "test_acc", "train_loss", "train_acc")  # everything but wall-clock time
 
@@ -196,17 +196,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
     cfg = make_cfg(data_root, tmp_path, ["norm=batch", "optim.momentum=0.9", "trainer.steps=40"])
     train(cfg, str(tmp_path / "whole"))
     # Interrupt after step 25: the checkpoint at 20 exists, and rows for 20..25 were already logged.
-    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
-
-    real_eval, calls = stack.evaluate, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # the evaluation at step 30
-            raise KeyboardInterrupt
-        return real_eval(*a, **k)
-
-    monkeypatch.setattr(stack, "evaluate", interrupted)
+    interrupt_at_evaluation(monkeypatch, 4)  # the evaluation at step 30
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "cut"))
     assert (tmp_path / "cut" / "checkpoint.pt").exists() and not (tmp_path / "cut" / "summary.json").exists()
@@ -219,17 +209,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(data_root, tmp_path, monkey
 
 
 def test_checkpoint_of_another_config_is_not_resumed(data_root, tmp_path, monkeypatch):
-    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
-
-    real_eval, calls = stack.evaluate, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_eval(*a, **k)
-
-    monkeypatch.setattr(stack, "evaluate", interrupted)
+    interrupt_at_evaluation(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(data_root, tmp_path, ["optim.lr=0.1"]), str(tmp_path / "run"))
     monkeypatch.undo()
