@@ -111,15 +111,24 @@ def per_seed_ratio(runs: pd.DataFrame, arm: str, reference: str, value) -> list[
     return out
 
 
+def by_seed(runs: pd.DataFrame, value, **where) -> dict[int, float]:
+    """seed -> value(run) of the runs matching `where` (one per seed)."""
+    return {int(r.seed): value(r) for _, r in select(runs, **where).iterrows()}
+
+
+def paired(a: dict[int, float], b: dict[int, float], combine=ratio) -> list[float]:
+    """combine(a[seed], b[seed]) for every seed in both (`by_seed` dicts): one replicate per seed."""
+    return [combine(a[s], b[s]) for s in sorted(set(a) & set(b))]
+
+
 def scores_by_seed(runs: pd.DataFrame, **where) -> dict[int, float]:
     """seed -> final score (a diverged run at chance) of the runs matching `where` (one per seed)."""
-    return {int(r.seed): final_score(r) for _, r in select(runs, **where).iterrows()}
+    return by_seed(runs, final_score, **where)
 
 
 def score_difference(runs: pd.DataFrame, a: dict, b: dict) -> list[float]:
     """Points of the runs matching a minus those matching b (dicts of `select` keys), paired by seed."""
-    x, y = scores_by_seed(runs, **a), scores_by_seed(runs, **b)
-    return [100 * (x[s] - y[s]) for s in sorted(set(x) & set(y))]
+    return paired(scores_by_seed(runs, **a), scores_by_seed(runs, **b), lambda x, y: 100 * (x - y))
 
 
 def drop_beyond_control(runs: pd.DataFrame, arm: str, large: int, small: int, control: str = "none") -> list[float]:

@@ -84,9 +84,14 @@ def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
         nn.init.zeros_(layer.bias)
 
 
+def hidden_layers(model_cfg: DictConfig) -> int:
+    """How many hidden blocks the model has: an MLP's depth, a CNN's conv stages."""
+    return model_cfg.depth if model_cfg.arch == "mlp" else len(model_cfg.channels)
+
+
 def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int, ...], classes: int) -> Net:
     act_cls = ACTIVATIONS[model_cfg.activation]
-    layers = model_cfg.depth if model_cfg.arch == "mlp" else len(model_cfg.channels)
+    layers = hidden_layers(model_cfg)
     # with norm.last_layers, the layers below the last ones have no normaliser (Bjorck: BN near the output only)
     names = [norm_cfg.name if not norm_cfg.last_layers or i >= layers - norm_cfg.last_layers else "none"
              for i in range(layers)]

@@ -86,6 +86,7 @@ def jacobian_spectra(model: Net, x: torch.Tensor, examples: int) -> list[dict]:
     mode, as a step sees them): J = diag(scale_l) W_l diag(act'(x_{l-1})). Per layer, the median over examples of
     each example's median, largest and smallest singular value (dropout off: the deterministic map)."""
     values = layer_values(model, x)
+    median = lambda t: torch.quantile(t, 0.5, dim=-1)  # noqa: E731  (torch.median takes the lower middle)
     rows = []
     for layer in range(1, len(values)):
         before = values[layer - 1]["x"][:, :examples].T.clone().requires_grad_(True)  # examples x units
@@ -95,7 +96,6 @@ def jacobian_spectra(model: Net, x: torch.Tensor, examples: int) -> list[dict]:
         weight = model.blocks[layer].linear.weight.detach()
         jac = (scale[:, None] * weight).unsqueeze(0) * slope.unsqueeze(1)  # examples x out x in
         sv = torch.linalg.svdvals(jac)  # examples x min(out, in), descending
-        median = lambda t: torch.quantile(t, 0.5, dim=-1)  # noqa: E731  (torch.median takes the lower middle)
         rows.append({"layer": layer, "jac_sv_median": median(median(sv)).item(),
                      "jac_sv_max": median(sv[:, 0]).item(), "jac_sv_min": median(sv[:, -1]).item()})
     return rows

@@ -7,7 +7,7 @@ Enums); this module sits above the registries it checks names against (normalise
 from omegaconf import DictConfig
 
 from bnlab.config import ConfigError
-from bnlab.models import ACTIVATIONS, resolve_device
+from bnlab.models import ACTIVATIONS, hidden_layers, resolve_device
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS, PER_UNIT_AFFINE
 
 
@@ -16,12 +16,13 @@ def validate(cfg: DictConfig) -> None:
         if value not in options:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(options))}")
 
+    layers = hidden_layers(cfg.model)
     choice("norm.name (norm=)", cfg.norm.name, NORMALIZERS)
     choice("model.activation", cfg.model.activation, ACTIVATIONS)
     if resolve_device(cfg.device) != cfg.device and cfg.device != "auto":
         raise ConfigError(f"device={cfg.device} is not available here; use device=auto or device=cpu")
     for layer in cfg.trainer.ics_layers:
-        if not 0 < layer < (cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)):
+        if not 0 < layer < layers:
             raise ConfigError(f"trainer.ics_layers: {layer} is not a hidden layer with layers below it "
                               "(0-based; the first hidden layer has nothing below it)")
     positive = {"optim.lr": cfg.optim.lr, "trainer.steps": cfg.trainer.steps,
@@ -37,7 +38,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.jacobian_examples needs a plain MLP (model.residual=false) whose normaliser maps "
                           f"each unit by an affine function of the batch ({', '.join(sorted(PER_UNIT_AFFINE))}), not "
                           f"model.arch={cfg.model.arch} model.residual={cfg.model.residual} norm={cfg.norm.name}")
-    layers = cfg.model.depth if cfg.model.arch == "mlp" else len(cfg.model.channels)
     if not 0 <= cfg.norm.last_layers <= layers:
         raise ConfigError(f"norm.last_layers={cfg.norm.last_layers} must be between 0 (every hidden layer) and the "
                           f"{layers} hidden layers")

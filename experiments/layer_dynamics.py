@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab import plots, runlog
-from bnlab.analysis import ratio, select
+from bnlab.analysis import by_seed, paired, select
 from bnlab.claims import Context, Finding
 
 ARMS = {"none": "no BN", "batch": "BN, gamma and beta learned", "batch_fixed": "BN, gamma = 1 and beta = 0"}
@@ -54,14 +54,6 @@ def spread(runs: pd.DataFrame, arm: str, lr: float, step: int | None) -> str:
     return f"{at.jac_sv_min.median():.2g} to {at.jac_sv_max.median():.2g}"
 
 
-def per_seed(runs: pd.DataFrame, arm: str, lr: float, value) -> dict[int, float]:
-    return {int(r.seed): value(r) for _, r in select(runs, arm=arm, optim__lr=lr).iterrows()}
-
-
-def paired(a: dict, b: dict, combine=ratio) -> list[float]:
-    return [combine(a[s], b[s]) for s in sorted(set(a) & set(b))]
-
-
 def draw(ctx: Context, runs: pd.DataFrame, lrs: list[float]):
     """Per learning rate: the shift over training (top) and each arm's typical singular value by step (bottom)."""
     fig, ax = plots.subplots(len(lrs), nrows=2, width=3.3)
@@ -87,14 +79,15 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = with_arms(ctx.runs[ctx.runs.status.isin(["finished", "diverged"])])
     lrs = sorted(runs["optim.lr"].unique())
     fig_path = plots.save(draw(ctx, runs, lrs), ctx.figure_path("shift_jacobian"))
-    shift = {(arm, lr): per_seed(runs, arm, lr, mean_shift) for arm in ARMS for lr in lrs}
+    shift = {(arm, lr): by_seed(runs, mean_shift, arm=arm, optim__lr=lr) for arm in ARMS for lr in lrs}
     ctx.write_table("shift", pd.DataFrame(
         [{"arm": ARMS[arm], "optim.lr": lr, "mean shift per probe interval": list(shift[arm, lr].values())}
          for arm in ARMS for lr in lrs]),
         f"Mean change per {ctx.cfg.trainer.probe_every} steps of a unit's mean and std on the probe batch")
-    start = {arm: per_seed(runs, arm, lrs[0], lambda r: jacobian_distance(r, 0)) for arm in ("none", "batch")}
-    end = {(arm, lr): per_seed(runs, arm, lr, lambda r: jacobian_distance(r, None)) for arm in ("none", "batch")
-           for lr in lrs}
+    start = {arm: by_seed(runs, lambda r: jacobian_distance(r, 0), arm=arm, optim__lr=lrs[0])
+             for arm in ("none", "batch")}
+    end = {(arm, lr): by_seed(runs, lambda r: jacobian_distance(r, None), arm=arm, optim__lr=lr)
+           for arm in ("none", "batch") for lr in lrs}
     cells = lambda f: {"initialisation": f(start["batch"], start["none"]),  # noqa: E731  (every rate starts alike)
                        **{f"end, lr {lr:g}": f(end["batch", lr], end["none", lr]) for lr in lrs}}
     return [

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab import plots, runlog
-from bnlab.analysis import done, ratio, select, steps_to
+from bnlab.analysis import by_seed, done, paired, ratio, select, steps_to
 from bnlab.claims import Context, Finding
 
 RULES = ("round_robin", "largest_grad")
@@ -22,11 +22,6 @@ def time_to(curve: pd.DataFrame, target: float) -> float:
     return float(hit.train_time.iloc[0]) if len(hit) else math.inf
 
 
-def by_seed(runs: pd.DataFrame, fn, **where) -> dict[int, float]:
-    """seed -> fn(run) for the runs matching `where` (one per seed)."""
-    return {int(r.seed): fn(r) for _, r in select(runs, **where).iterrows()}
-
-
 def fastest_lr(runs: pd.DataFrame, norm: str, block: str, target: float) -> float:
     """The rate with the lowest median steps to target over seeds (ties to the smaller rate)."""
     best, best_steps = math.nan, math.inf
@@ -39,10 +34,9 @@ def fastest_lr(runs: pd.DataFrame, norm: str, block: str, target: float) -> floa
     return best
 
 
-def paired(runs: pd.DataFrame, fn, arm: dict, reference: dict, combine=ratio) -> list[float]:
-    """combine(fn(run of arm), fn(run of reference)), paired by seed."""
-    a, b = by_seed(runs, fn, **arm), by_seed(runs, fn, **reference)
-    return [combine(a[s], b[s]) for s in sorted(set(a) & set(b))]
+def compared(runs: pd.DataFrame, fn, arm: dict, reference: dict, combine=ratio) -> list[float]:
+    """combine(fn(run of arm), fn(run of reference)), paired by seed (arm, reference: `select` keys)."""
+    return paired(by_seed(runs, fn, **arm), by_seed(runs, fn, **reference), combine)
 
 
 def mean_ics(run, layer: int) -> float:
@@ -78,11 +72,11 @@ def analyze(ctx: Context) -> list[Finding]:
     time_fn = lambda r: time_to(runlog.metrics(r.path), target)  # noqa: E731
     at = lambda n, b, lr: {"norm__name": n, "optim__block": b, "optim__lr": lr}  # noqa: E731
     cell = lambda n, b: f"{plots.LABELS[n]}, {NAMES[b]}"  # noqa: E731
-    too_slow = {cell(n, b): paired(runs, steps_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+    too_slow = {cell(n, b): compared(runs, steps_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
                 for n in norms for b in RULES}
-    too_slow_wall = {cell(n, b): paired(runs, time_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+    too_slow_wall = {cell(n, b): compared(runs, time_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
                      for n in norms for b in RULES}
-    less_shift = {f"{cell(n, b)}, layer {i + 1}": paired(runs, lambda r, i=i: mean_ics(r, i), at(n, b, lr_ics),
+    less_shift = {f"{cell(n, b)}, layer {i + 1}": compared(runs, lambda r, i=i: mean_ics(r, i), at(n, b, lr_ics),
                                                          at(n, "all", lr_ics), lambda a, c: a / c if c else math.nan)
                   for n in norms for b in RULES for i in layers}
     expected = {i: 1 - i / 4 for i in layers}  # round-robin moves a layer below hidden layer i at i of 4 steps
