@@ -17,7 +17,8 @@ them from its own generator, started in the same state and drawn in the same ord
 those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
 alone's tracker hooks its forward. Probes that move the weights (ICS, landscape) work on member k's copy.
 Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
-on a free view (1, K*width, batch).
+on a free view (1, K*width, batch). At a small batch (`SMALL_BATCH`) with plain SGD a step is mostly passes over
+the members' weights, and `fused_step` saves two of them by updating each weight in place.
 """
 
 import hashlib
@@ -86,6 +87,27 @@ class Stepper(Protocol):
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
         """Loss and accuracy of the listed members in eval mode (running statistics) on (x, y), as `evaluate`."""
         ...
+
+    def fused_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        """`step` at a small batch with plain SGD, each weight matrix updated in place by W -= lr dh x^T (dh: the
+        gradient at its output) without its gradient ever written out: at batch 2 a member's step is mostly
+        passes over its weights, and this saves two of five. Its rounding differs from a run alone's (lr scales dh
+        before the sum over the batch, which accumulates into W) by about an ulp of each weight per step."""
+        taps: list = []
+        out = self.forward(x, taps).transpose(1, 2)
+        losses = self.loss(out, y)
+        rest = [name for name in self.params if name not in {name for name, _, _ in taps}]
+        grads = torch.autograd.grad(losses.sum(), [h for _, _, h in taps] + [self.params[n] for n in rest],
+                                    allow_unused=True)  # a normaliser's unused gamma (batch 1) has none
+        lr = self.hyper["lr"]
+        with torch.no_grad():
+            for (name, inputs, _), dh in zip(taps, grads[:len(taps)], strict=True):
+                self.params[name].baddbmm_(dh * -lr.view(-1, 1, 1), inputs.transpose(1, 2))
+            for name, grad in zip(rest, grads[len(taps):], strict=True):
+                if grad is not None:
+                    self.params[name].addcmul_(lr.view((-1,) + (1,) * (grad.ndim - 1)), grad, value=-1)
+            correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
+        return losses.tolist(), correct
 
     def keep(self, members: list[int]) -> None:
         """Drop every member not listed (one that diverged)."""
@@ -166,7 +188,7 @@ def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     m = cfg.model
     if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or cfg.device != "cpu"  # masks drawn on the CPU
-            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty or m.residual or cfg.norm.last_layers
+            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty
             or cfg.optim.block != "all" or cfg.trainer.alone):
         return None
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
@@ -175,6 +197,9 @@ def stack_key(cfg: DictConfig) -> str | None:
 
 
 EVAL_CHUNK = 1000  # images per stacked forward in eval mode
+# Up to this batch a stacked step multiplies as x^T W^T and updates the weights in place (`StackedMLP.fused_step`):
+# there a step is mostly passes over the members' weights. Above it W x and the autograd update are faster.
+SMALL_BATCH = 8
 
 # Per-member losses of K x batch x outputs, reduced as `LOSSES` reduces one model's.
 STACKED_LOSSES = {
@@ -231,7 +256,8 @@ class StackedMLP:
     def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], rng_states: list[torch.Tensor],
                  train_x: torch.Tensor, train_y: torch.Tensor, loss: str, trackers: list[MomentTracker] | None = None):
         self.nets = nets  # member k's own Net (its own dropout rate), loaded with its weights when asked for
-        self.blocks = [(b.norm, b.act) for b in nets[0].blocks]
+        self.blocks = [(b.norm, b.act) for b in nets[0].blocks]  # with norm.last_layers, Identity below them
+        self.residual = [b.residual for b in nets[0].blocks]  # model.residual: a block adds its input
         self.depth = len(self.blocks)
         self.params, self.buffers = stack_module_state(nets)
         groups = [o.param_groups[0] for o in opts]
@@ -254,23 +280,37 @@ class StackedMLP:
     def __len__(self) -> int:
         return len(self.hyper["lr"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics."""
-        p = self.params
+    def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
+        """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics.
+        `taps`: a list to which each linear map adds (weight's name, input, output), its weight left out of the
+        graph (the fused update, `step`)."""
         for i, (norm, act) in enumerate(self.blocks):
-            bias = p.get(f"blocks.{i}.linear.bias")
-            w = p[f"blocks.{i}.linear.weight"]
-            x = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
+            h = self.linear(f"blocks.{i}.linear", x, taps)
             parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]  # noisy BN: BN, then noise
             for j, part in enumerate(parts):
-                x = self.normalise(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), x)
+                h = self.normalise(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), h)
             if self.trackers:
-                self.track_moments(i, x)
-            x = act(x)
+                self.track_moments(i, h)
+            h = act(h)
             if any(self.dropout):
-                x = x * self.dropout_masks(x.shape[2], x.shape[1])
-        bias = p.get("head.bias")
-        return torch.bmm(p["head.weight"], x) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], x)
+                h = h * self.dropout_masks(h.shape[2], h.shape[1])
+            x = x + h if self.residual[i] else h
+        return self.linear("head", x, taps)
+
+    def linear(self, name: str, x: torch.Tensor, taps: list | None) -> torch.Tensor:
+        """The linear map `name` (K x out x in weights, K x out bias) of each member on K x in x batch."""
+        w, bias = self.params[f"{name}.weight"], self.params.get(f"{name}.bias")
+        w = w.detach() if taps is not None else w  # the fused update: `step` applies this weight's gradient itself
+        if x.shape[2] > SMALL_BATCH:
+            out = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
+        else:  # x^T W^T, as a run alone's F.linear: twice as fast as W x at batch 2 (one pass over the weights)
+            xt, wt = x.transpose(1, 2), w.transpose(1, 2)
+            out = (torch.bmm(xt, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), xt, wt)).transpose(1, 2)
+            out = out.contiguous()
+        if taps is not None:
+            out = out if out.requires_grad else out.requires_grad_()  # a first layer without bias
+            taps.append((f"{name}.weight", x.detach(), out))
+        return out
 
     def normalise(self, norm: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         """What `norm` (a run alone's module, named `name` in its Net) does in training mode, member by member;
@@ -324,22 +364,22 @@ class StackedMLP:
 
     def _eval_forward(self, x: torch.Tensor, p: dict, b: dict) -> torch.Tensor:
         """x: batch x inputs, shared by every member -> K x outputs x batch, in eval mode."""
-        w, bias = p["blocks.0.linear.weight"], p.get("blocks.0.linear.bias")
-        k, width, inputs = w.shape
-        # (K*width) x batch, laid out as K x width x batch: the layout the other layers' bmm and the norms take
-        h = torch.mm(w.view(k * width, inputs), x.t()) if bias is None else \
-            torch.addmm(bias.view(-1, 1), w.view(k * width, inputs), x.t())
-        h = h.view(k, width, -1)
+        a = x  # block i's input: the shared images for the first, K x width x batch after
         for i, (norm, act) in enumerate(self.blocks):
-            if i:
-                w, bias = p[f"blocks.{i}.linear.weight"], p.get(f"blocks.{i}.linear.bias")
-                h = torch.bmm(w, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, h)
+            w, bias = p[f"blocks.{i}.linear.weight"], p.get(f"blocks.{i}.linear.bias")
+            if i == 0:  # one GEMM, (K*width) x batch, laid out as K x width x batch: the layout bmm and the norms take
+                k, width, inputs = w.shape
+                h = torch.mm(w.view(k * width, inputs), x.t()) if bias is None else \
+                    torch.addmm(bias.view(-1, 1), w.view(k * width, inputs), x.t())
+                h = h.view(k, width, -1)
+            else:
+                h = torch.bmm(w, a) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, a)
             parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]
             for j, part in enumerate(parts):
                 h = _normalise_eval(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), h, p, b)
-            h = act(h)
+            a = a + act(h) if self.residual[i] else act(h)
         bias = p.get("head.bias")
-        return torch.bmm(p["head.weight"], h) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], h)
+        return torch.bmm(p["head.weight"], a) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], a)
 
     def track_moments(self, layer: int, x: torch.Tensor) -> None:
         """Each member's moment tracker gets the batch moments of its tracked units, as its hook would."""
@@ -361,6 +401,8 @@ class StackedMLP:
         flat = idx.flatten()
         x = self.train_x.index_select(0, flat).view(k, n, -1).transpose(1, 2)
         y = self.train_y.index_select(0, flat).view(k, n, *self.train_y.shape[1:])
+        if n <= SMALL_BATCH and not (self.momentum or self.decay):
+            return self.fused_step(x, y)
         out = self.forward(x).transpose(1, 2)  # K x batch x outputs
         losses = self.loss(out, y)
         losses.sum().backward()  # member k's gradient is that of its own loss alone
@@ -377,6 +419,27 @@ class StackedMLP:
                     grad = self.momentum_buffers[name].mul_(self.hyper["momentum"].view(shape)).add_(grad)
                 param.addcmul_(self.hyper["lr"].view(shape), grad, value=-1)
                 param.grad = None
+            correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
+        return losses.tolist(), correct
+
+    def fused_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[int] | None]:
+        """`step` at a small batch with plain SGD, each weight matrix updated in place by W -= lr dh x^T (dh: the
+        gradient at its output) without its gradient ever written out: at batch 2 a member's step is mostly
+        passes over its weights, and this saves two of five. Its rounding differs from a run alone's (lr scales dh
+        before the sum over the batch, which accumulates into W) by about an ulp of each weight per step."""
+        taps: list = []
+        out = self.forward(x, taps).transpose(1, 2)
+        losses = self.loss(out, y)
+        rest = [name for name in self.params if name not in {name for name, _, _ in taps}]
+        grads = torch.autograd.grad(losses.sum(), [h for _, _, h in taps] + [self.params[n] for n in rest],
+                                    allow_unused=True)  # a normaliser's unused gamma (batch 1) has none
+        lr = self.hyper["lr"]
+        with torch.no_grad():
+            for (name, inputs, _), dh in zip(taps, grads[:len(taps)], strict=True):
+                self.params[name].baddbmm_(dh * -lr.view(-1, 1, 1), inputs.transpose(1, 2))
+            for name, grad in zip(rest, grads[len(taps):], strict=True):
+                if grad is not None:
+                    self.params[name].addcmul_(lr.view((-1,) + (1,) * (grad.ndim - 1)), grad, value=-1)
             correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
         return losses.tolist(), correct
 

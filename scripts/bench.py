@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from bnlab import stack
 from bnlab.config import REPO_ROOT, TrainerConfig
-from bnlab.data import _UnverifiedCIFAR10
+from bnlab.data import _UnverifiedCIFAR10, load
 from bnlab.efficiency import matmul_gflops, step_flops
 from bnlab.models import build_model
 from bnlab.runlog import atomic_write_text, cpu_name
-from bnlab.stack import stack_key
 from bnlab.sweeps import experiment_config
 from bnlab.train import train_runs
 
@@ -100,12 +100,25 @@ def speed(cfg, steps: int, stack: int = 1) -> float:
     return bnlab_run(cfg, steps, stack)[0]["steps_per_s"]  # a member's share of the stack's time: per model
 
 
-def instrumentation(cfg, steps: int, stack: int = 1) -> float:
-    """Evaluation + activation probes at the schema's default cadence, as a fraction of training time."""
+def general_step_speed(cfg, steps: int, k: int) -> float:
+    """`speed` with the stack's small-batch step (x^T W^T, weights updated in place) turned off."""
+    small_batch, stack.SMALL_BATCH = stack.SMALL_BATCH, 0
+    try:
+        return speed(cfg, steps, k)
+    finally:
+        stack.SMALL_BATCH = small_batch
+
+
+def instrumentation(cfg, steps: int, stack: int, shape, gflops: float) -> tuple[float, float]:
+    """Evaluation + activation probes at the schema's default cadence, as a fraction of training time; and the
+    least the evaluations alone could cost: their FLOPs at the matmul rate, over the same training time."""
     every = TrainerConfig.eval_every
     assert every == TrainerConfig.probe_every
     summaries = bnlab_run(cfg, steps, stack, every)
-    return statistics.median(s["probe_time_s"] / s["train_time_s"] for s in summaries)
+    train_time = statistics.median(s["train_time_s"] for s in summaries)
+    evaluated = (steps // every + 1) * len(load(cfg.data).test.x)  # step 0 and every `every` steps
+    floor = evaluated * step_flops(cfg.model, cfg.norm, shape, 10, 1, backward=False) / (gflops * 1e9)
+    return statistics.median(s["probe_time_s"] / s["train_time_s"] for s in summaries), floor / train_time
 
 
 def median_range(v: list[float]) -> str:
@@ -127,9 +140,12 @@ def main() -> None:
         floor = gflops * 1e9 / flops_per_step(cfg, shape, batch)
         variants = {"canonical loop": partial(canonical, cfg, steps, batch),
                     "bnlab, one run": partial(speed, cfg, steps)}
-        stackable = stack_key(cfg) is not None  # CNNs train alone: they are compute-bound already
+        stackable = stack.stack_key(cfg) is not None  # CNNs train alone: they are compute-bound already
         if stackable:
             variants.update({f"bnlab, stack of {k}": partial(speed, cfg, steps, k) for k in STACK_SIZES})
+            if batch <= stack.SMALL_BATCH:  # the small-batch step against the general one, in this same run
+                variants[f"bnlab, stack of {max(STACK_SIZES)}, general step"] = partial(
+                    general_step_speed, cfg, steps, max(STACK_SIZES))
         times: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.repeats):
             for variant, fn in variants.items():
@@ -142,8 +158,9 @@ def main() -> None:
             print(rows[-1], flush=True)
         long = 4 * TrainerConfig.eval_every if cfg.model.arch == "mlp" else 2 * TrainerConfig.eval_every
         for k in (1, max(STACK_SIZES)) if stackable else (1,):
-            share = instrumentation(cfg, long, k)
-            costs.append(f"| {name} | {'one run' if k == 1 else f'stack of {k}'} | {long} | {share:.1%} |")
+            share, floor = instrumentation(cfg, long, k, shape, gflops)
+            costs.append(f"| {name} | {'one run' if k == 1 else f'stack of {k}'} | {long} | {share:.1%} | "
+                         f"{floor:.1%} |")
             print(costs[-1], flush=True)
     text = (
         "# bnlab speed benchmark\n\n"
@@ -154,16 +171,21 @@ def main() -> None:
         "ToTensor + Normalize per sample and a shuffling DataLoader (num_workers=0). *bnlab, one run*: the real "
         "trainer (`bnlab.train.train_runs`), data held as one in-memory tensor and gathered by index. *bnlab, stack "
         "of K*: K runs (own seeds, data orders and learning rates) trained as one stacked model, steps/s per model "
-        "= K x stack steps/s. *Floor*: matmul GFLOP/s / FLOPs per training step of one model (matmuls and "
-        "convolutions only, torch.utils.flop_counter). The last column is a 50,000-step run at that rate, "
-        "evaluation excluded.\n\n"
+        f"= K x stack steps/s; at a batch of {stack.SMALL_BATCH} or less it multiplies as x^T W^T and updates "
+        "each weight in place (`StackedMLP.fused_step`), and *general step* is the same stack with that turned "
+        "off (W x, autograd's gradient, then the update). *Floor*: matmul GFLOP/s / FLOPs per training step of "
+        "one model (matmuls and convolutions only, torch.utils.flop_counter). The last column is a 50,000-step "
+        "run at that rate, evaluation excluded.\n\n"
         "| workload | how | steps/s per model | vs canonical | floor steps/s | of floor | 50k steps |\n"
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
         f"## Instrumentation at the default cadence\n\nFull test-set evaluation (eval mode) and activation "
         f"percentiles, moments and histograms of every hidden layer on the {TrainerConfig.probe_size}-example probe "
         f"batch, every {TrainerConfig.eval_every} steps (the schema's default), as a share of training time "
         "(`probe_time_s / train_time_s` of the runs; one repeat; step 0's evaluation included, so slightly "
-        "above the steady state).\n\n| workload | how | steps | eval + probes / training |\n|---|---|---|---|\n"
+        "above the steady state). *Evaluation at the floor*: the test-set passes' FLOPs at the matmul rate over the "
+        "same training time, the least the evaluation alone could cost.\n\n"
+        "| workload | how | steps | eval + probes / training | evaluation at the floor / training |\n"
+        "|---|---|---|---|---|\n"
         + "\n".join(costs) + "\n"
     )
     atomic_write_text(REPO_ROOT / "results" / "bench.md", text)

@@ -121,7 +121,9 @@ def train_alone_and_twins(cfgs, tmp_path, monkeypatch) -> list[dict]:
 STACKED_NORMS = {"none": [], "batch": [], "batch, moments": ["norm=batch", "trainer.moment_units=2"],
                  "lp1": [], "lp2": [], "lpinf": ["trainer.moment_units=2"],
                  "noisy_batch": ["trainer.moment_units=2"], "noisy_none": [], "layer": [], "group": ["norm.groups=4"],
-                 "batch_renorm": ["norm.renorm_warmup=50"]}
+                 "batch_renorm": ["norm.renorm_warmup=50"],
+                 # Bjorck's depth experiment: a residual MLP with BN on its last layer only (a bias below it)
+                 "residual, BN last": ["norm=batch", "norm.last_layers=1", "model.residual=true"]}
 
 
 @pytest.mark.parametrize("norm", STACKED_NORMS)
@@ -142,6 +144,35 @@ def test_each_stacked_member_equals_its_run_trained_alone(data_root, tmp_path, m
         assert not strays(stack, twin), (i, stack, twin)
         config = [(tmp_path / f"{kind}{i}" / "config.yaml").read_text() for kind in ("stacked", "alone")]
         assert config[0] == config[1]
+
+
+# At a small batch with plain SGD the stack multiplies as x^T W^T and updates each weight in place (fused_step).
+# Training at batch 4 is chaotic (rounding twins of a BN run stray by O(1) within a few hundred steps), so these
+# runs are short enough for rounding not to have grown yet.
+SMALL_BATCH_MEMBERS = [["seed=0", "optim.lr=0.02"], ["seed=1", "optim.lr=0.01", "model.dropout=0.3"],
+                       ["seed=2", "optim.lr=0.02", "model.init_std=0.5"]]
+SMALL_BATCH_SHARED = ["trainer.batch_size=4", "model.activation=relu", "model.init=normal", "trainer.steps=40",
+                      "trainer.eval_every=20", "trainer.probe_every=20", "trainer.checkpoint_every=20",
+                      "trainer.save_model=true"]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer", "group", "noisy_batch", "lp2"])
+def test_a_small_batch_stack_with_its_fused_update_equals_its_runs_alone(data_root, tmp_path, monkeypatch, norm):
+    shared = [f"norm={norm}", "norm.groups=4", *SMALL_BATCH_SHARED]
+    cfgs = [make_cfg(data_root, tmp_path, [*shared, *m]) for m in SMALL_BATCH_MEMBERS]
+    calls = []
+    with monkeypatch.context() as m:
+        m.setattr(StackedMLP, "fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
+        stacked = train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
+    assert len(calls) == cfgs[0].trainer.steps  # every step took the fused path
+    alone = train_alone_and_twins(cfgs, tmp_path, monkeypatch)
+    for i, (f, a) in enumerate(zip(stacked, alone, strict=True)):
+        assert (f["status"], f["steps"]) == (a["status"], a["steps"]) == ("finished", 40)
+        stack, twin = deviations(tmp_path, "stacked", "alone", i), twin_reach(tmp_path, i)
+        assert not strays(stack, twin), (i, stack, twin)
+
+
+fused_step = StackedMLP.fused_step
 
 
 @pytest.mark.parametrize("norm", [*STACKED_NORMS, "mse_sum"])
@@ -180,10 +211,13 @@ BUGS = {
 }
 
 
+@pytest.mark.parametrize("small_batch", [False, True])
 @pytest.mark.parametrize("bug", BUGS)
-def test_a_broken_stack_strays_further_than_rounding(data_root, tmp_path, monkeypatch, bug):
-    """The test above has power: a stack with a real bug strays 10^2-10^8 times as far as the rounding twin."""
-    cfgs = [make_cfg(data_root, tmp_path, ["norm=batch", *SHARED, *m]) for m in MEMBERS[:2]]
+def test_a_broken_stack_strays_further_than_rounding(data_root, tmp_path, monkeypatch, bug, small_batch):
+    """The tests above have power: a stack with a real bug strays 10^2-10^8 times as far as the rounding twin,
+    with the autograd update and with the fused one."""
+    members, shared = (SMALL_BATCH_MEMBERS[:2], SMALL_BATCH_SHARED) if small_batch else (MEMBERS[:2], SHARED)
+    cfgs = [make_cfg(data_root, tmp_path, ["norm=batch", *shared, *m]) for m in members]
     alone = train_alone_and_twins(cfgs, tmp_path, monkeypatch)
     method, wrap = BUGS[bug]
     with monkeypatch.context() as m:
@@ -233,6 +267,7 @@ def test_runs_that_cannot_stack_have_no_key(data_root, tmp_path):
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.batch_size=30"])) != stack_key(base)
     assert stack_key(make_cfg(data_root / "elsewhere", tmp_path)) != stack_key(base)  # a stack loads its data once
     assert stack_key(make_cfg(data_root, tmp_path, ["trainer.moment_units=2"])) != stack_key(base)
+    assert stack_key(make_cfg(data_root, tmp_path, ["model.residual=true"])) not in (None, stack_key(base))
     for alone in (["model=cnn"], ["wandb.mode=offline"], ["optim.block=round_robin"], ["trainer.alone=true"]):
         assert stack_key(make_cfg(data_root, tmp_path, alone)) is None, alone
 
