@@ -88,27 +88,6 @@ class Stepper(Protocol):
         """Loss and accuracy of the listed members in eval mode (running statistics) on (x, y), as `evaluate`."""
         ...
 
-    def fused_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[int] | None]:
-        """`step` at a small batch with plain SGD, each weight matrix updated in place by W -= lr dh x^T (dh: the
-        gradient at its output) without its gradient ever written out: at batch 2 a member's step is mostly
-        passes over its weights, and this saves two of five. Its rounding differs from a run alone's (lr scales dh
-        before the sum over the batch, which accumulates into W) by about an ulp of each weight per step."""
-        taps: list = []
-        out = self.forward(x, taps).transpose(1, 2)
-        losses = self.loss(out, y)
-        rest = [name for name in self.params if name not in {name for name, _, _ in taps}]
-        grads = torch.autograd.grad(losses.sum(), [h for _, _, h in taps] + [self.params[n] for n in rest],
-                                    allow_unused=True)  # a normaliser's unused gamma (batch 1) has none
-        lr = self.hyper["lr"]
-        with torch.no_grad():
-            for (name, inputs, _), dh in zip(taps, grads[:len(taps)], strict=True):
-                self.params[name].baddbmm_(dh * -lr.view(-1, 1, 1), inputs.transpose(1, 2))
-            for name, grad in zip(rest, grads[len(taps):], strict=True):
-                if grad is not None:
-                    self.params[name].addcmul_(lr.view((-1,) + (1,) * (grad.ndim - 1)), grad, value=-1)
-            correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
-        return losses.tolist(), correct
-
     def keep(self, members: list[int]) -> None:
         """Drop every member not listed (one that diverged)."""
         ...
