@@ -262,7 +262,7 @@ class StackedMLP:
     def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
         """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics.
         `taps`: a list to which each linear map adds (weight's name, input, output), its weight left out of the
-        graph (the fused update, `step`)."""
+        graph (`fused_step`)."""
         for i, (norm, act) in enumerate(self.blocks):
             h = self.linear(f"blocks.{i}.linear", x, taps)
             parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]  # noisy BN: BN, then noise
@@ -411,7 +411,7 @@ class StackedMLP:
         losses = self.loss(out, y)
         rest = [name for name in self.params if name not in {name for name, _, _ in taps}]
         grads = torch.autograd.grad(losses.sum(), [h for _, _, h in taps] + [self.params[n] for n in rest],
-                                    allow_unused=True)  # a normaliser's unused gamma (batch 1) has none
+                                    allow_unused=True)  # one the loss does not reach stays, as in SGD
         lr = self.hyper["lr"]
         with torch.no_grad():
             for (name, inputs, _), dh in zip(taps, grads[:len(taps)], strict=True):

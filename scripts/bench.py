@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from bnlab import stack
+import bnlab.stack
 from bnlab.config import REPO_ROOT, TrainerConfig
 from bnlab.data import _UnverifiedCIFAR10, load
 from bnlab.efficiency import matmul_gflops, step_flops
@@ -102,11 +102,11 @@ def speed(cfg, steps: int, stack: int = 1) -> float:
 
 def general_step_speed(cfg, steps: int, k: int) -> float:
     """`speed` with the stack's small-batch step (x^T W^T, weights updated in place) turned off."""
-    small_batch, stack.SMALL_BATCH = stack.SMALL_BATCH, 0
+    small_batch, bnlab.stack.SMALL_BATCH = bnlab.stack.SMALL_BATCH, 0
     try:
         return speed(cfg, steps, k)
     finally:
-        stack.SMALL_BATCH = small_batch
+        bnlab.stack.SMALL_BATCH = small_batch
 
 
 def instrumentation(cfg, steps: int, stack: int, shape, gflops: float) -> tuple[float, float]:
@@ -140,10 +140,10 @@ def main() -> None:
         floor = gflops * 1e9 / flops_per_step(cfg, shape, batch)
         variants = {"canonical loop": partial(canonical, cfg, steps, batch),
                     "bnlab, one run": partial(speed, cfg, steps)}
-        stackable = stack.stack_key(cfg) is not None  # CNNs train alone: they are compute-bound already
+        stackable = bnlab.stack.stack_key(cfg) is not None  # CNNs train alone: they are compute-bound already
         if stackable:
             variants.update({f"bnlab, stack of {k}": partial(speed, cfg, steps, k) for k in STACK_SIZES})
-            if batch <= stack.SMALL_BATCH:  # the small-batch step against the general one, in this same run
+            if batch <= bnlab.stack.SMALL_BATCH:  # the small-batch step against the general one, in this same run
                 variants[f"bnlab, stack of {max(STACK_SIZES)}, general step"] = partial(
                     general_step_speed, cfg, steps, max(STACK_SIZES))
         times: dict[str, list[float]] = {v: [] for v in variants}
@@ -171,7 +171,7 @@ def main() -> None:
         "ToTensor + Normalize per sample and a shuffling DataLoader (num_workers=0). *bnlab, one run*: the real "
         "trainer (`bnlab.train.train_runs`), data held as one in-memory tensor and gathered by index. *bnlab, stack "
         "of K*: K runs (own seeds, data orders and learning rates) trained as one stacked model, steps/s per model "
-        f"= K x stack steps/s; at a batch of {stack.SMALL_BATCH} or less it multiplies as x^T W^T and updates "
+        f"= K x stack steps/s; at a batch of {bnlab.stack.SMALL_BATCH} or less it multiplies as x^T W^T and updates "
         "each weight in place (`StackedMLP.fused_step`), and *general step* is the same stack with that turned "
         "off (W x, autograd's gradient, then the update). *Floor*: matmul GFLOP/s / FLOPs per training step of "
         "one model (matmuls and convolutions only, torch.utils.flop_counter). The last column is a 50,000-step "
