@@ -202,7 +202,8 @@ def _per_example(norm: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor | 
     rows = x.transpose(1, 2).reshape(k * n, c)
     rows = F.layer_norm(rows, (c,), eps=norm.eps) if isinstance(norm, torch.nn.LayerNorm) \
         else F.group_norm(rows, norm.num_groups, eps=norm.eps)
-    return _affine(rows.view(k, n, c).transpose(1, 2).contiguous(), weight, bias)
+    y = rows.view(k, n, c).transpose(1, 2)
+    return _affine(y if n <= SMALL_BATCH else y.contiguous(), weight, bias)  # as `StackedMLP.linear` lays it out
 
 
 def _normalise_eval(norm: torch.nn.Module, name: str, x: torch.Tensor, p: dict, b: dict) -> torch.Tensor:
@@ -284,8 +285,8 @@ class StackedMLP:
             out = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
         else:  # x^T W^T, as a run alone's F.linear: twice as fast as W x at batch 2 (one pass over the weights)
             xt, wt = x.transpose(1, 2), w.transpose(1, 2)
+            # left batch-major in memory: the next x^T and a per-example normaliser's rows are then free views
             out = (torch.bmm(xt, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), xt, wt)).transpose(1, 2)
-            out = out.contiguous()
         if taps is not None:
             out = out if out.requires_grad else out.requires_grad_()  # a first layer without bias
             taps.append((f"{name}.weight", x.detach(), out))
@@ -298,9 +299,10 @@ class StackedMLP:
         weight, bias = p.get(f"{name}.weight"), p.get(f"{name}.bias")
         if isinstance(norm, torch.nn.BatchNorm1d):
             k, c, n = x.shape
-            x = F.batch_norm(x.view(1, k * c, n), b[f"{name}.running_mean"].view(-1), b[f"{name}.running_var"].view(-1),
-                             None if weight is None else weight.view(-1), None if bias is None else bias.view(-1),
-                             training=True, momentum=norm.momentum, eps=norm.eps).view(k, c, n)
+            x = F.batch_norm(x.reshape(1, k * c, n), b[f"{name}.running_mean"].view(-1),  # a copy at a small batch
+                             b[f"{name}.running_var"].view(-1), None if weight is None else weight.view(-1),
+                             None if bias is None else bias.view(-1), training=True, momentum=norm.momentum,
+                             eps=norm.eps).view(k, c, n)
             b[f"{name}.num_batches_tracked"] += 1
             return x
         if isinstance(norm, LpNorm):  # LpNorm's own training step, over each member's batch (dim 2)
