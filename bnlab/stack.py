@@ -17,8 +17,9 @@ them from its own generator, started in the same state and drawn in the same ord
 those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
 alone's tracker hooks its forward. Probes that move the weights (ICS, landscape) work on member k's copy.
 Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
-on a free view (1, K*width, batch). At a small batch (`SMALL_BATCH`) with plain SGD a step is mostly passes over
-the members' weights, and `fused_step` saves two of them by updating each weight in place.
+on a free view (1, K*width, batch). At a small batch (`SMALL_BATCH`) a step is mostly passes over the members'
+weights: there the activations are batch-major in memory (the same shape, transposed strides), the products x^T W^T,
+and with plain SGD `fused_step` updates each weight in place.
 """
 
 import hashlib
