@@ -160,7 +160,7 @@ SMALL_BATCH_SHARED = ["trainer.batch_size=4", "model.activation=relu", "model.in
 def test_a_small_batch_stack_with_its_fused_update_equals_its_runs_alone(data_root, tmp_path, monkeypatch, norm):
     shared = [f"norm={norm}", "norm.groups=4", *SMALL_BATCH_SHARED]
     cfgs = [make_cfg(data_root, tmp_path, [*shared, *m]) for m in SMALL_BATCH_MEMBERS]
-    calls = []
+    calls, fused_step = [], StackedMLP.fused_step
     with monkeypatch.context() as m:
         m.setattr(StackedMLP, "fused_step", lambda self, *a: calls.append(1) or fused_step(self, *a))
         stacked = train_runs(cfgs, [str(tmp_path / f"stacked{i}") for i in range(len(cfgs))])
@@ -170,9 +170,6 @@ def test_a_small_batch_stack_with_its_fused_update_equals_its_runs_alone(data_ro
         assert (f["status"], f["steps"]) == (a["status"], a["steps"]) == ("finished", 40)
         stack, twin = deviations(tmp_path, "stacked", "alone", i), twin_reach(tmp_path, i)
         assert not strays(stack, twin), (i, stack, twin)
-
-
-fused_step = StackedMLP.fused_step
 
 
 @pytest.mark.parametrize("norm", [*STACKED_NORMS, "mse_sum"])
