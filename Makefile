@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 SCALE ?= cpu
 EXPERIMENTS ?= $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
 JOBS ?= 2
+# confirmatory: fresh seeds, judged by the criteria frozen in configs/registration_$(SCALE).json (docs/method.md);
+# exploratory: each experiment's own seeds, which design the criteria and choose the rates
+STAGE ?= confirmatory
 
 # Where the datasets are: BNLAB_DATA if set, else a sibling ../shared/data (this workplace), else ./data.
 # The CIFAR-10 in shared/data is a byte-rebuilt, pixel-exact copy that fails torchvision's md5 check, so
@@ -23,7 +26,7 @@ ifneq ($(SHARED_DATA),)
   endif
 endif
 
-.PHONY: install test lint reproduce report bench clean-runs $(EXPERIMENTS)
+.PHONY: install test lint reproduce report bench freeze clean-runs $(EXPERIMENTS)
 
 install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -40,8 +43,11 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
-# $(call sweep,EXPERIMENT,WORKERS): one experiment's sweep, skipping finished runs; failed runs do not stop make.
-sweep = $(PY) -m bnlab.train experiment=$(1) scale=$(SCALE) hydra.launcher.n_jobs=$(2) trainer.progress=false \
+# $(call sweep,EXPERIMENT,WORKERS[,OVERRIDES]): one experiment's sweep, skipping finished runs; failed runs do not
+# stop make. A confirmatory sweep of an experiment with chosen_rates_only trains only the frozen rates.
+sweep = $(PY) -m bnlab.train experiment=$(1) scale=$(SCALE) stage=$(STAGE) hydra.launcher.n_jobs=$(2) \
+  trainer.progress=false $(3) $(if $(filter confirmatory,$(STAGE)),$$($(PY) -m bnlab.registration overrides $(1) \
+  --scale $(SCALE))) \
   || echo "[bnlab] sweep $(1) ended with an error (why: above); its failed runs are listed in the report"
 
 # One experiment's sweep, then its figures and report rows.
@@ -49,8 +55,10 @@ $(EXPERIMENTS): install
 	$(call sweep,$@,$(JOBS))
 	$(PY) -m bnlab.report --scale $(SCALE)
 
-# `make reproduce` ends by packing what the report read into results/evidence_$(SCALE).tar.xz (committed, so that a
-# fresh clone's `make report` recomputes every number without training).
+# `make reproduce` trains the confirmatory seeds (100-104 in every experiment, then 105-109 in the experiments with an
+# inconclusive cell, once) and ends by packing them into results/evidence_$(SCALE)_confirmatory.tar.xz (committed,
+# beside the exploratory results/evidence_$(SCALE).tar.xz, so that a fresh clone's `make report` recomputes every
+# number without training). `make reproduce STAGE=exploratory` retrains the exploratory seeds instead.
 # It first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
 # that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
 # one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
@@ -66,20 +74,36 @@ SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_
 # "[bnlab] <experiment>: N s" lines after the last one (each sweep on one core) against the runs' FLOP floor.
 reproduce: install
 	$(PY) -m bnlab.data
-	@$(PY) -m bnlab.progress --scale $(SCALE) & progress=$$!; \
+	@$(PY) -m bnlab.progress --scale $(SCALE) stage=$(STAGE) & progress=$$!; \
 	start=$$(date +%s); \
 	echo "[bnlab] make reproduce on $$($(PY) -c 'from bnlab.runlog import cpu_name; print(cpu_name())'), $(JOBS) sweeps at a time, one thread each" | tee -a results/timing_$(SCALE).log; \
 	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
+	if [ "$(STAGE)" = confirmatory ]; then \
+	  more=$$($(PY) -m bnlab.report --scale $(SCALE) --inconclusive | tail -1); \
+	  echo "[bnlab] seeds 105-109 for the experiments with an inconclusive cell: $${more:-none}"; \
+	  $(MAKE) --no-print-directory -j$(JOBS) $(addprefix more-,$$more) || true; \
+	fi; \
 	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 	$(PY) -m bnlab.report --scale $(SCALE)
-	$(PY) -m bnlab.efficiency --scale $(SCALE)
-	$(PY) -m bnlab.archive pack --scale $(SCALE)
+	$(PY) -m bnlab.efficiency --scale $(SCALE) --stage $(STAGE)
+	$(PY) -m bnlab.archive pack --scale $(SCALE) --stage $(STAGE)
 
 sweep-%:
 	@start=$$(date +%s); \
 	$(call sweep,$*,1); \
 	echo "[bnlab] $*: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
+
+# The second stage of a confirmatory sweep: seeds 105-109 beside 100-104 (those are finished and skipped).
+more-%:
+	@start=$$(date +%s); \
+	$(call sweep,$*,1,'seed=range(100,110)'); \
+	echo "[bnlab] $* (seeds 105-109): $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
+
+# Freeze every criterion, the confirmatory seeds and the best rates chosen on the exploratory runs; commit the file
+# alone, then `make reproduce`.
+freeze: install
+	$(PY) -m bnlab.registration freeze --scale $(SCALE)
 
 bench: install
 	$(PY) scripts/bench.py

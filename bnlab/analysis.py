@@ -1,11 +1,13 @@
 """Helpers that experiment analyses share: picking learning rates fairly, reading curves, steps-to-target."""
 
+import json
 import math
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
 
-from bnlab import runlog
+from bnlab import config, runlog
 from bnlab.runlog import DONE
 
 CHANCE = 0.1  # ten classes: a diverged run scores as a guess when learning rates are ranked
@@ -20,20 +22,79 @@ def score(runs: pd.DataFrame) -> pd.Series:
     return runs.final_test_acc.astype(float).fillna(CHANCE).where(runs.status == "finished", CHANCE)
 
 
+# Best rates chosen on the exploratory seeds, frozen for the confirmatory ones: `chosen_rates` sets which.
+_rates: dict = {"frozen": None, "record": None}
+
+
+@contextmanager
+def chosen_rates(frozen: dict | None = None, record: dict | None = None):
+    """Within it, `best_lr` returns the rates in `frozen` (selection -> {arm: rate}) instead of choosing on the
+    runs it is given, or records its choices in `record`: the confirmatory seeds never pick their own rate."""
+    _rates.update(frozen=frozen, record=record)
+    try:
+        yield
+    finally:
+        _rates.update(frozen=None, record=None)
+
+
+def selection(runs: pd.DataFrame, arm: str | list[str]) -> str:
+    """Which choice of rate this is: the arm's column(s) and the config values every run given shares (what
+    names the same choice in the exploratory and the confirmatory runs)."""
+    keys = config.flat_schema_values()
+    shared = {c: plain(runs[c].iloc[0]) for c in sorted(runs.columns)
+              if c in keys and c != "optim.lr" and config.role(c) in (None, "member") and runs[c].nunique() == 1}
+    return json.dumps([list(np.atleast_1d(arm)), shared], default=str)
+
+
+def plain(value):
+    """A config value as JSON writes it alike whichever dtype pandas gave its column (2 and 2.0 are one rate)."""
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class RateNotFrozen(KeyError):
+    """A confirmatory analysis asked for a choice the registration did not freeze."""
+
+
+def frozen_choice(key: str, choose):
+    """What `choose()` picks on the exploratory runs (recorded under `key`), or, within
+    `chosen_rates(frozen=...)`, what it picked there: a choice the confirmatory seeds never make."""
+    if _rates["frozen"] is not None:
+        if key not in _rates["frozen"]:
+            raise RateNotFrozen(f"no choice was frozen for {key}")
+        return _rates["frozen"][key]
+    value = choose()
+    if _rates["record"] is not None:
+        _rates["record"][key] = value
+    return value
+
+
 def best_lr(runs: pd.DataFrame, arm: str | list[str]) -> dict:
-    """Each arm's own best learning rate: highest median score over seeds (ties go to the smaller rate)."""
-    med = runs.assign(score=score(runs)).groupby([*np.atleast_1d(arm), "optim.lr"]).score.median()
-    med = med.reset_index().sort_values("optim.lr")
+    """Each arm's own best learning rate: highest median score over seeds (ties go to the smaller rate); within
+    `chosen_rates(frozen=...)` the rate chosen on the exploratory seeds."""
     keys = list(np.atleast_1d(arm))
-    best = med.loc[med.groupby(keys).score.idxmax()]
-    return {(r[keys[0]] if len(keys) == 1 else tuple(r[k] for k in keys)): r["optim.lr"]
-            for _, r in best.iterrows()}
+
+    def choose() -> list:
+        med = runs.assign(score=score(runs)).groupby([*keys, "optim.lr"]).score.median()
+        best = med.reset_index().sort_values("optim.lr").pipe(lambda m: m.loc[m.groupby(keys).score.idxmax()])
+        return sorted([[plain(r[keys[0]]) if len(keys) == 1 else [plain(r[k]) for k in keys], float(r["optim.lr"])]
+                       for _, r in best.iterrows()], key=str)
+
+    return {(tuple(a) if isinstance(a, list) else a): lr for a, lr in frozen_choice(selection(runs, arm), choose)}
 
 
 def steps_to(curve: pd.DataFrame, target: float, column: str = "test_acc") -> float:
-    """First logged step at which `column` reaches target; inf if never."""
-    hit = curve[curve[column] >= target]
-    return float(hit.step.iloc[0]) if len(hit) else math.inf
+    """Steps at which `column` first reaches target, interpolated linearly between the evaluation before and the
+    first at or above it (so the evaluation cadence does not quantise it); inf if never."""
+    c = curve.dropna(subset=[column])
+    hit = np.flatnonzero(c[column].to_numpy() >= target)
+    if not len(hit):
+        return math.inf
+    i = hit[0]
+    if i == 0:
+        return float(c.step.iloc[0])
+    (s0, s1), (a0, a1) = c.step.iloc[i - 1:i + 1], c[column].iloc[i - 1:i + 1]
+    return float(s0 + (s1 - s0) * ((target - a0) / (a1 - a0)))
 
 
 def value_at(curve: pd.DataFrame, step: int, column: str = "test_acc") -> float:

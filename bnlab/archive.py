@@ -2,6 +2,7 @@
 
   python -m bnlab.archive pack [--scale cpu]      results/runs/<scale>/ -> results/evidence_<scale>.tar.xz
   python -m bnlab.archive unpack [--scale cpu]    the reverse, skipping run directories already on disk
+  ... --stage confirmatory                        results/runs/confirmatory/<scale>/ <-> ..._confirmatory.tar.xz
 
 Run directories are git-ignored (checkpoints are large); the archive is committed, so that a fresh clone can
 recompute every number of REPORT.md without training: `python -m bnlab.report` unpacks it when a scale has no
@@ -20,8 +21,9 @@ from bnlab.runlog import ACTIVATIONS, CONFIG, ERROR, METRICS, MODEL, PROBES, SUM
 FILES = (CONFIG, ".hydra/overrides.yaml", SUMMARY, METRICS, ACTIVATIONS, PROBES, ERROR, MODEL)
 
 
-def archive_path(scale: str) -> Path:
-    return REPO_ROOT / "results" / f"evidence_{scale}.tar.xz"
+def archive_path(scale: str, stage: str = "exploratory") -> Path:
+    """results/evidence_<scale>.tar.xz (exploratory) or results/evidence_<scale>_confirmatory.tar.xz."""
+    return REPO_ROOT / "results" / f"evidence_{scale}{'' if stage == 'exploratory' else '_' + stage}.tar.xz"
 
 
 def pack(runs_root: Path, archive: Path) -> int:
@@ -62,11 +64,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("pack", "unpack"))
     parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--stage", default="exploratory", choices=("exploratory", "confirmatory"))
     parser.add_argument("--runs", type=Path, help="the scale's run directories (default results/runs/<scale>)")
     parser.add_argument("--archive", type=Path, help="default results/evidence_<scale>.tar.xz")
     args = parser.parse_args()
-    runs_root = args.runs or REPO_ROOT / "results" / "runs" / args.scale
-    archive = args.archive or archive_path(args.scale)
+    stage_dir = REPO_ROOT / "results" / "runs" / ("" if args.stage == "exploratory" else args.stage)
+    runs_root = args.runs or stage_dir / args.scale
+    archive = args.archive or archive_path(args.scale, args.stage)
     if args.action == "pack":
         n = pack(runs_root, archive)
         print(f"[bnlab] packed {n} runs into {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")

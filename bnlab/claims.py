@@ -1,35 +1,45 @@
-"""What an experiment's analysis returns, and the mechanical verdict on it.
+"""What an experiment's analysis returns, and the mechanical verdict on it (docs/method.md says why so).
 
 A claim's values are independent replicates: one training run (seed) each, never cells, layers or learning rates
 pooled as if they were seeds. A claim measured in several cells (dataset x activation, learning rate, ...) gives
-one list of replicates per cell, and its config declares before the runs how cells combine (`cells: all`, or
-`cells: k` for "at least k cells").
+one list of replicates per cell.
 
-Per cell (or for a single-cell claim):
-  reproduced      every replicate meets the criterion
-  not reproduced  no replicate meets it
-  inconclusive    replicates on both sides
-Over cells: reproduced when at least the declared number of cells is reproduced; not reproduced when no cell is
-reproduced and none is inconclusive; inconclusive when no cell is reproduced and some are; partly (k of m cells)
-when some cells are reproduced but fewer than declared.
+Per cell, each seed gives one paired effect on the claim's scale (`effect: difference`, or `ratio`: its natural log).
+The cell's interval is the 95% t-interval of the mean effect, widened on both sides by the claim's resolution delta:
+  reproduced      the widened interval lies wholly on the claim's side of its threshold
+  not reproduced  wholly on the other side
+  inconclusive    it straddles the threshold
+  not testable    the quantity does not exist for some replicate (NaN, a baseline that never reached its target,
+                  ...), fewer than two replicates, or an "alike" claim whose contrast arm passes too
+The threshold is the claim's magnitude: MAGNITUDE_SHARE of the paper's effect where the paper gives one. A claim
+with a null ("no effect") also gets a direction verdict: the same interval against the null.
+
+Over cells, as declared before the runs: `all` is a conjunction (reproduced only if every cell is; not reproduced
+if any cell is; otherwise inconclusive), `any` reproduced if some cell is, and an integer k at least k cells.
+"holds in k of m cells" is a description, never a verdict.
 
 A claim of `kind: check` holds by construction (it confirms the implementation); it gets the same verdict but
 is reported apart and never counted as evidence.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
+from scipy import stats
 
 from bnlab import plots
+from bnlab.config import ConfigError
 from bnlab.runlog import atomic_write_text
 
-VERDICTS = ("reproduced", "not reproduced", "inconclusive", "partly")
-MIN_REPLICATES = 3
+VERDICTS = ("reproduced", "not reproduced", "inconclusive", "not testable")
+MAGNITUDE_SHARE = 0.5  # of the paper's effect, on the claim's scale (a ratio: the square root of the paper's)
+CONFIDENCE = 0.95
+FIRST_SEEDS = 5  # a confirmatory cell starts with this many fresh seeds ...
+MORE_SEEDS = 5  # ... and an inconclusive one gets this many more, once; its verdict is then final
 
 
 @dataclass
@@ -38,6 +48,8 @@ class Finding:
     values: list[float] | dict[str, list[float]]  # one value per replicate; per cell: {cell: [one per replicate]}
     detail: str = ""  # what was measured, in words and numbers
     figure: str = ""  # path of the figure that shows it
+    untestable: dict[str, str] = field(default_factory=dict)  # cell ("" for a single-cell claim) -> why not testable
+    contrast: list[float] | dict[str, list[float]] | None = None  # an "alike" claim: the arm that must fail it
 
     def cells(self) -> dict[str, list[float]]:
         return self.values if isinstance(self.values, dict) else {"": list(self.values)}
@@ -90,51 +102,160 @@ def spread_out(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def passes(value: float, threshold: float, direction: str) -> bool:
-    return value >= threshold if direction == "ge" else value <= threshold
-
-
 def measured(values: list[float]) -> list[float]:
-    """The replicates that were measured (NaN: the quantity does not exist for that run, e.g. 0/0)."""
+    """The replicates that are numbers (NaN: the quantity does not exist for that run, e.g. 0/0)."""
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
-def verdict(values: list[float], threshold: float, direction: str, tie: float = 0.0) -> str:
-    """The verdict on one cell's replicates; a tie (within tie x |threshold| of it) leaves a cell inconclusive."""
-    vals = measured(values)
-    if not vals:
-        return "not measured"
-    clear = [not tie or abs(v - threshold) > tie * abs(threshold) for v in vals]  # off the tie band
-    passed = sum(passes(v, threshold, direction) and c for v, c in zip(vals, clear, strict=True))
-    failed = sum(not passes(v, threshold, direction) and c for v, c in zip(vals, clear, strict=True))
-    return "reproduced" if passed == len(vals) else "not reproduced" if failed == len(vals) else "inconclusive"
+def magnitude_threshold(paper_effect: float, no_effect: float, effect: str, share: float = MAGNITUDE_SHARE) -> float:
+    """The value `share` of the way from no effect to the paper's effect: on a log scale for a ratio."""
+    if effect == "ratio":
+        return no_effect * (paper_effect / no_effect) ** share
+    return no_effect + share * (paper_effect - no_effect)
 
 
-def cells_needed(rule: str | int, m: int) -> int:
-    """How many of m cells must be reproduced: `all`, or an integer k (at least k; never more than m)."""
-    return m if str(rule) == "all" else min(int(rule), m)
+@dataclass(frozen=True)
+class Criterion:
+    """What a claim's config fixes before the runs, as the verdict reads it."""
+
+    threshold: float
+    direction: str  # "ge" or "le": the claim's side of the threshold and of the null
+    resolution: float  # delta, on the effect's scale
+    effect: str = "difference"
+    no_effect: float | None = None
+    cells: str = "all"
+    contrast: bool = False
+
+    @classmethod
+    def of(cls, claim) -> "Criterion":
+        """The criterion a claim's config declares; a config that does not fix one is an error."""
+        if (claim.threshold is None) == (claim.get("paper_effect") is None):
+            raise ConfigError(f"claim '{claim.statement[:60]}...': give a threshold or a paper_effect, not both")
+        if claim.get("paper_effect") is not None and claim.get("no_effect") is None:
+            raise ConfigError("a claim with a paper_effect needs no_effect (0 for a difference, 1 for a ratio)")
+        if not claim.resolution > 0 or not str(claim.setup).strip():
+            raise ConfigError("every claim declares a resolution > 0 and its setup")
+        threshold = claim.threshold
+        if claim.get("paper_effect") is not None:
+            threshold = magnitude_threshold(claim.paper_effect, claim.no_effect, str(claim.effect))
+        no_effect = None if claim.get("no_effect") is None else float(claim.no_effect)
+        return cls(float(threshold), str(claim.direction), float(claim.resolution), str(claim.effect), no_effect,
+                   str(claim.cells), bool(claim.contrast))
+
+    def scaled(self, value: float) -> float:
+        return math.log(value) if self.effect == "ratio" else value
 
 
-def claim_verdict(finding: Finding, threshold: float, direction: str, rule: str | int = "all",
-                  tie: float = 0.0) -> tuple[str, str]:
-    """The claim's verdict and, for a claim over several cells, 'k of m cells' (k reproduced)."""
-    per_cell = [verdict(v, threshold, direction, tie) for v in finding.cells().values()]
-    per_cell = [v for v in per_cell if v != "not measured"]
-    if not per_cell:
-        return "not measured", ""
-    if not isinstance(finding.values, dict):
-        return per_cell[0], ""
-    k, m = per_cell.count("reproduced"), len(per_cell)
-    cells = f"{k} of {m} cells"
-    if k >= cells_needed(rule, m):
-        return "reproduced", cells
-    if k == 0:
-        return ("inconclusive" if "inconclusive" in per_cell else "not reproduced"), cells
-    return "partly", cells
+@dataclass(frozen=True)
+class Cell:
+    """One cell's verdicts and the widened interval behind them, on the measured scale."""
+
+    verdict: str
+    direction: str | None  # against the null; None where the claim has none
+    n: int
+    mean: float = math.nan
+    low: float = math.nan
+    high: float = math.nan
+    why: str = ""  # why not testable
 
 
-def replicates(finding: Finding) -> int:
-    """The fewest measured replicates in any cell that was measured at all."""
-    counts = [n for n in (len(measured(v)) for v in finding.cells().values()) if n]
+def interval(values: list[float], c: Criterion) -> tuple[float, float, float]:
+    """(mean, low, high) on the effect's scale: the t-interval of the mean widened by the resolution."""
+    x = np.array([c.scaled(v) for v in values], dtype=float)
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - half - c.resolution), float(x.mean() + half + c.resolution)
+
+
+def side(low: float, high: float, bound: float, direction: str) -> str:
+    """Where the interval lies against a bound, for a claim on the `direction` side of it."""
+    above, below = low > bound, high < bound
+    if not (above or below):
+        return "inconclusive"
+    return "reproduced" if above == (direction == "ge") else "not reproduced"
+
+
+def unmeasurable(values: list[float], c: Criterion) -> str:
+    """Why these replicates give no interval ('' if they do)."""
+    bad = [v for v in values if v is None or not math.isfinite(v) or (c.effect == "ratio" and v <= 0)]
+    if bad:
+        return f"{len(bad)} of {len(values)} replicates not measurable ({', '.join(sorted({str(v) for v in bad}))})"
+    return "fewer than 2 replicates" if len(values) < 2 else ""
+
+
+def judge_cell(values: list[float], c: Criterion, why: str = "") -> Cell:
+    why = why or unmeasurable(values, c)
+    if why:
+        return Cell("not testable", None if c.no_effect is None else "not testable", len(values), why=why)
+    mean, low, high = interval(values, c)
+    back = (lambda v: math.exp(v)) if c.effect == "ratio" else (lambda v: v)  # noqa: E731
+    direction = None if c.no_effect is None else side(low, high, c.scaled(c.no_effect), c.direction)
+    return Cell(side(low, high, c.scaled(c.threshold), c.direction), direction, len(values),
+                back(mean), back(low), back(high))
+
+
+def combine(verdicts: list[str], rule: str = "all") -> str:
+    """The claim's verdict from its cells' verdicts, by the rule declared before the runs."""
+    if not verdicts:
+        return "not testable"
+    if all(v == "not testable" for v in verdicts):
+        return "not testable"
+    passed, failed = verdicts.count("reproduced"), verdicts.count("not reproduced")
+    need = len(verdicts) if rule == "all" else 1 if rule == "any" else min(int(rule), len(verdicts))
+    if passed >= need:
+        return "reproduced"
+    return "not reproduced" if len(verdicts) - failed < need else "inconclusive"
+
+
+def holds_in(cells: dict[str, Cell]) -> str:
+    """A description, never a verdict: 'holds in k of m cells'."""
+    return f"holds in {sum(c.verdict == 'reproduced' for c in cells.values())} of {len(cells)} cells"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str  # magnitude (the threshold), over cells by the declared rule
+    direction: str | None  # against the null, over cells by the same rule; None where the claim has none
+    cells: dict[str, Cell]
+    why: str = ""  # why the claim as a whole is not testable
+
+
+def judge(finding: "Finding", c: Criterion, more: "Finding | None" = None) -> Judgement:
+    """A claim's verdicts. `more`: the same claim measured on the first seeds and the extra ones together; a cell
+    inconclusive on `finding` is judged on it instead (the two-stage rule of the confirmatory runs)."""
+    cells = {}
+    for cell, values in finding.cells().items():
+        cells[cell] = judge_cell(values, c, finding.untestable.get(cell, ""))
+        if more is not None and cells[cell].verdict == "inconclusive" and cell in more.cells():
+            cells[cell] = judge_cell(more.cells()[cell], c, more.untestable.get(cell, ""))
+    for cell, why in finding.untestable.items():
+        cells.setdefault(cell, judge_cell([], c, why))
+    verdict = combine([x.verdict for x in cells.values()], c.cells)
+    direction = None if c.no_effect is None else combine([x.direction for x in cells.values()], c.cells)
+    if c.contrast and verdict != "not testable":
+        contrast = judge(Finding(finding.claim, finding.contrast or []), replace(c, contrast=False))
+        if contrast.verdict != "not reproduced":
+            why = f"the contrast arm reads {contrast.verdict} under the same criterion: it does not discriminate"
+            return Judgement("not testable", None if c.no_effect is None else "not testable", cells, why)
+    return Judgement(verdict, direction, cells)
+
+
+def replicates(finding: "Finding") -> int:
+    """The fewest replicates in any cell."""
+    counts = [len(v) for v in finding.cells().values()]
     return min(counts) if counts else 0
 
+
+def chance_rate(first: int = FIRST_SEEDS, more: int = MORE_SEEDS, delta_over_sd: float = 0.0,
+                trials: int = 200_000, seed: int = 0) -> float:
+    """How often a cell with no effect at all (normal replicates centred on the null, a sign claim whose threshold
+    is the null) reads reproduced under the two-stage rule, by simulation; `delta_over_sd`: the resolution in units
+    of the replicates' standard deviation."""
+    x = np.random.default_rng(seed).standard_normal((trials, first + more))
+
+    def bounds(n: int) -> tuple[np.ndarray, np.ndarray]:
+        half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * x[:, :n].std(1, ddof=1) / math.sqrt(n) + delta_over_sd
+        return x[:, :n].mean(1) - half, x[:, :n].mean(1) + half
+
+    low, high = bounds(first)
+    straddles = (low <= 0) & (high >= 0)
+    return float(np.mean((low > 0) | (straddles & (bounds(first + more)[0] > 0))))

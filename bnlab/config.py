@@ -75,6 +75,11 @@ class Scale(Choice):
     paper = "paper"
 
 
+class Stage(Choice):
+    exploratory = "exploratory"  # designs the criteria and chooses the rates
+    confirmatory = "confirmatory"  # fresh seeds, judged by the frozen criteria
+
+
 class Direction(Choice):
     ge = "ge"  # measured >= threshold passes
     le = "le"  # measured <= threshold passes
@@ -83,6 +88,13 @@ class Direction(Choice):
 class ClaimKind(Choice):
     claim = "claim"  # evidence
     check = "check"  # holds by construction: confirms the implementation
+
+
+class Effect(Choice):
+    """The scale on which a claim's replicates are averaged and its resolution is declared."""
+
+    difference = "difference"  # the value itself (points, a difference of two arms)
+    ratio = "ratio"  # the natural log of the value (a ratio of two arms): a resolution of 0.1 is about 10%
 
 
 class BlockRule(Choice):
@@ -159,6 +171,9 @@ class TrainerConfig:
     batch_size: int = 60
     classes_per_batch: int = 0  # >0: every batch holds examples of this many classes only (non-i.i.d. batches)
     eval_every: int = 500  # full test set, eval mode
+    # >0: evaluations before the last score a fixed random subset of this many test examples (the same for every
+    # run), so that steps-to-target can be read often at a fraction of the cost; the last scores the whole test set
+    eval_subset: int = 0
     probe_every: int = 500  # activation percentiles on a fixed training batch
     probe_size: int = 500
     probe_units: int = 3  # units 0..k-1 of every hidden layer get their own percentiles
@@ -204,16 +219,28 @@ class Amendment:
 
 @dataclass
 class Claim:
+    """One claim's registered criterion; bnlab.claims says how a verdict follows from it (docs/method.md)."""
+
     source: str = MISSING  # paper, section, figure
-    statement: str = MISSING  # the criterion in words, fixed before the run
-    paper: str = ""  # the paper's own number
-    threshold: float = MISSING
-    direction: Direction = Direction.ge
+    statement: str = MISSING  # what is measured, in words, fixed before the confirmatory runs
+    setup: str = MISSING  # our setup, in a few words: model, data, steps
+    paper: str = ""  # the paper's own words and numbers
+    paper_effect: float | None = None  # the paper's effect on this claim's quantity, as a number
+    paper_ref: str = ""  # where paper_effect is read: one arXiv version, page, figure
+    confound: str = ""  # what else differs between the paper's arms, or between its setup and ours
+    effect: Effect = Effect.difference  # the scale of the interval, the resolution and no_effect
+    # this quantity without any effect (0 for a difference, 1 for a ratio); set: the claim gets a direction verdict
+    no_effect: float | None = None
+    # the magnitude criterion; left out where paper_effect is given: then MAGNITUDE_SHARE of the way from no_effect
+    # to the paper's effect
+    threshold: float | None = None
+    resolution: float = MISSING  # delta: what limits the measurement, on the effect's scale; > 0
+    direction: Direction = Direction.ge  # the claim's side of the threshold (and of no_effect)
     params: dict[str, float] = field(default_factory=dict)  # other fixed parts of the criterion (targets, ...)
     kind: ClaimKind = ClaimKind.claim
     replicate: str = "seed"  # what one value is: always one independent training run
-    cells: str = "all"  # over several cells: all of them, or an integer k (at least k cells reproduced)
-    tie: float = 0.0  # a value within tie x |threshold| of the threshold is a tie: it neither passes nor fails
+    cells: str = "all"  # over several cells: all (a conjunction), any, or an integer k (at least k cells)
+    contrast: bool = False  # an "alike" claim: its contrast arm must fail the same criterion, else not testable
     amended: Amendment | None = None  # the criterion this one replaced, if it was changed after its results
 
 
@@ -227,6 +254,10 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     experiment: str = "adhoc"  # names the sweep directory and the report section
     scale: Scale = Scale.cpu  # set by the scale group
+    stage: Stage = Stage.exploratory  # set by the stage group
+    # confirmatory stage: train only the learning rates the exploratory runs chose (the experiment's claims read no
+    # other rate), a cell traded for the cost of fresh seeds
+    chosen_rates_only: bool = False
     seed: int = 0
     threads: int = 1  # one thread per job is fastest here; results are bitwise only at a fixed count
     device: Device = Device.cpu  # recorded in the summary
@@ -248,7 +279,7 @@ KEY_ROLES = {
     "data.root": "source", "data.download": "source", "data.verify": "source",
     "out_root": "output",
     "trainer.progress": "report", "trainer.alone": "report", "wandb": "report", "claims": "report",
-    "experiment": "report", "hydra": "report",
+    "experiment": "report", "stage": "report", "chosen_rates_only": "report", "hydra": "report",
     "seed": "member", "optim": "member", "model.init": "member", "model.init_std": "member",
     "model.init_mean": "member", "model.dropout": "member",
 }

@@ -30,7 +30,7 @@ from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
 from bnlab.stack import LOSSES
 
 HEADER = "[bnlab] make reproduce on "  # the line that starts each reproduction's block in the timing log
-SWEEP_TIME = re.compile(r"^\[bnlab\] (\w+): (\d+) s$")
+SWEEP_TIME = re.compile(r"^\[bnlab\] (\w+)(?: \(seeds [\d-]+\))?: (\d+) s$")  # a sweep, or its second stage
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -87,13 +87,16 @@ def run_flops(run_dir: Path) -> tuple[float, float]:
     parts["data"] = {**defaults["data"], **cfg["data"], **_data_source()}
     per_step, per_example, test_size = _per_run_rates(json.dumps(parts, sort_keys=True))
     summary = json.loads((run_dir / SUMMARY).read_text())
-    evals = len((run_dir / METRICS).read_text().splitlines())
-    return per_step * summary["steps"], per_example * evals * (test_size + parts["trainer"]["train_eval_size"])
+    rows = [json.loads(line) for line in (run_dir / METRICS).read_text().splitlines()]
+    scored = sum(r.get("test_examples", test_size) + parts["trainer"]["train_eval_size"] for r in rows)
+    return per_step * summary["steps"], per_example * scored
 
 
-def reproduction_flops(runs_csv: Path, out_root: Path) -> tuple[float, float, int]:
-    """(training, evaluation FLOPs, runs) of the runs the report read (runs.csv: in the sweep, not stale)."""
+def reproduction_flops(runs_csv: Path, out_root: Path, stage: str = "exploratory") -> tuple[float, float, int]:
+    """(training, evaluation FLOPs, runs) of one stage's runs the report read (runs.csv: in the sweep, not stale;
+    paths relative to out_root)."""
     runs = pd.read_csv(runs_csv)
+    runs = runs[(runs.stage if "stage" in runs else "exploratory") == stage]
     runs = runs[runs.in_sweep & ~runs.stale & runs.status.isin(["finished", "diverged"])]
     train = evaluation = 0.0
     for path in runs.path:
@@ -113,10 +116,13 @@ def core_seconds(log: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--stage", default="confirmatory", choices=("exploratory", "confirmatory"),
+                        help="whose runs the reproduction trained")
     args = parser.parse_args()
     torch.set_num_threads(1)
     log = REPO_ROOT / "results" / f"timing_{args.scale}.log"
-    train, evaluation, n = reproduction_flops(REPO_ROOT / "results" / "runs.csv", REPO_ROOT / "results" / "runs")
+    train, evaluation, n = reproduction_flops(REPO_ROOT / "results" / "runs.csv", REPO_ROOT / "results" / "runs",
+                                              args.stage)
     gflops, spent = matmul_gflops(), core_seconds(log)
     floor = (train + evaluation) / (gflops * 1e9)
     line = (f"[bnlab] efficiency: {n} runs, {train / 1e12:.1f} TFLOP of training and {evaluation / 1e12:.1f} of "

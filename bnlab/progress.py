@@ -11,14 +11,14 @@ import argparse
 import time
 from pathlib import Path
 
-from bnlab.sweeps import experiment_config, experiment_names, sweep_jobs
+from bnlab.sweeps import experiment_names, runs_root, sweep_jobs
 
 
 def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, int]:
     """Where the scale's runs go and how many jobs all experiments' sweeps have."""
     names = experiment_names()
-    root = Path(experiment_config(names[0], scale, overrides).out_root) / scale
-    return root, sum(len(sweep_jobs(name, scale, overrides)[0]) for name in names)
+    stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "exploratory")
+    return runs_root(scale, stage, overrides), sum(len(sweep_jobs(name, scale, overrides)[0]) for name in names)
 
 
 def done(root: Path) -> int:

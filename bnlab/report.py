@@ -10,37 +10,69 @@ sanity checks (`kind: check`) apart, and lists every amended criterion beside it
 
 import argparse
 import importlib
+import math
+import tempfile
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from bnlab import plots, runlog
+from bnlab import runlog
+from bnlab.analysis import RateNotFrozen, chosen_rates
 from bnlab.archive import archive_path, unpack
-from bnlab.claims import MIN_REPLICATES, VERDICTS, Context, Finding, claim_verdict, replicates, verdict
+from bnlab.claims import (
+    FIRST_SEEDS,
+    MAGNITUDE_SHARE,
+    VERDICTS,
+    Cell,
+    Context,
+    Criterion,
+    Finding,
+    Judgement,
+    holds_in,
+    judge,
+)
 from bnlab.config import REPO_ROOT
+from bnlab.registration import (
+    CONFIRMATORY_SEEDS,
+    check,
+    confirmatory_overrides,
+    freeze_commit,
+    load,
+    registration,
+    registration_path,
+)
 from bnlab.runlog import DONE, atomic_write_text
-from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, sweep_jobs
+from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, runs_root, sweep_jobs
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 
-def tally(rows: list[dict]) -> str:
-    """'N empirical claims: a reproduced, b not reproduced, ...; k sanity checks apart'."""
+def tally(rows: list[dict], stage: str = "confirmatory") -> str:
+    """'N empirical claims; magnitude: a reproduced, ...; direction (k with a null): ...' for one stage."""
     claims = [r for r in rows if r["kind"] == "claim"]
-    counts = ", ".join(f"{n} {v}" for v in (*VERDICTS, "not measured")
-                       if (n := sum(r["base verdict"] == v for r in claims)))
-    return f"{len(claims)} empirical claims: {counts}; {sum(r['kind'] == 'check' for r in rows)} sanity checks apart"
+
+    def counts(key: str) -> str:
+        values = [r[key] for r in claims if r.get(key)]
+        return ", ".join(f"{n} {v}" for v in VERDICTS if (n := values.count(v))) or "none"
+
+    return (f"{len(claims)} empirical claims; magnitude: {counts(f'{stage} magnitude')}; direction ("
+            f"{sum(bool(r.get(f'{stage} direction')) for r in claims)} claims with a null): "
+            f"{counts(f'{stage} direction')}")
 
 
-def claims_for_readme(rows: list[dict], out_dir: Path) -> str:
-    """The README's block: the tally of the empirical claims, by source, and where the report is."""
+def claims_for_readme(rows: list[dict], out_dir: Path, freeze: str | None) -> str:
+    """The README's block: the confirmatory tally, by source, and where the report is."""
     report = (out_dir / "REPORT.md").relative_to(REPO_ROOT)
     claims = [r for r in rows if r["kind"] == "claim"]
     by_group = pd.DataFrame([{"source": group, "claims": len(mine),
-                              **{v: sum(r["base verdict"] == v for r in mine) for v in VERDICTS}}
+                              **{v: sum(r["confirmatory magnitude"] == v for r in mine) for v in VERDICTS}}
                              for group in GROUPS if (mine := [r for r in claims if r["group"] == group])])
-    return f"**{tally(rows)}.** Claim by claim, with the numbers: [{report}]({report}).\n\n" + markdown(by_group)
+    return (f"**Confirmatory (criteria frozen at {str(freeze)[:10]}): {tally(rows)}.** Magnitude verdicts by "
+            f"source below; claim by claim, with the numbers and the exploratory verdicts beside them: "
+            f"[{report}]({report}).\n\n" + markdown(by_group))
 
 
 def update_readme(table: str) -> None:
@@ -73,107 +105,242 @@ def by_source(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
     return sorted(keyed, key=lambda k: (GROUPS.index(k[0]), k[1]))
 
 
-def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame]:
-    rows, sections, all_runs = [], [], []
+def sweep_runs(name: str, scale: str, root: Path, overrides: list[str]) -> pd.DataFrame:
+    """The run directories of an experiment under `root`, marked `in_sweep` (a job of its current sweep) and
+    `stale` (trained under an earlier config of it: its identity is not the one train would give it now)."""
+    on_disk = runlog.runs(root / name)
+    if not len(on_disk):
+        return on_disk
+    jobs, excluded = sweep_jobs(name, scale, overrides)
+    named = [job_name(o, excluded) for o in on_disk.job_overrides]
+    on_disk["in_sweep"] = [in_sweep(n, jobs) for n in named]
+    current = job_identities(name, scale, {n for n in named if n in jobs})
+    identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
+    on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]
+                        for n, i in zip(named, identity, strict=True)]
+    return on_disk.drop(columns="job_overrides")
+
+
+def analyse(name: str, cfg: DictConfig, runs: pd.DataFrame, out_dir: Path, frozen: dict | None = None,
+            record: dict | None = None) -> tuple[dict[str, Finding], Context]:
+    """One experiment's findings by claim id; within the frozen rates (confirmatory) or recording the rates the
+    analysis chooses (exploratory). A rate the registration did not freeze makes every claim not testable."""
+    ctx = Context(name, cfg, runs, out_dir)
+    if not (len(runs) and runs.status.isin(DONE).any()):  # an analysis needs a run that trained to its end
+        return {}, ctx
+    try:
+        with chosen_rates(frozen, record):
+            findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
+    except RateNotFrozen as e:
+        return {cid: Finding(cid, [], untestable={"": f"its best rate was not frozen ({e})"})
+                for cid in cfg.claims}, ctx
+    except Exception as e:  # one broken analysis must not hide the other experiments' verdicts
+        traceback.print_exc()
+        why = f"the analysis failed ({type(e).__name__}: {e}; traceback on stderr)"
+        return {cid: Finding(cid, [], untestable={"": why}) for cid in cfg.claims}, ctx
+    return {f.claim: f for f in findings}, ctx
+
+
+@dataclass
+class Stage:
+    """What one stage's runs say: findings by experiment and claim, the runs read, the sections its analyses
+    wrote (figures, tables, run counts) and the rates its analyses chose."""
+
+    name: str
+    findings: dict = field(default_factory=dict)
+    more: dict = field(default_factory=dict)  # confirmatory: the findings over the first and the extra seeds
+    runs: list = field(default_factory=list)
+    sections: dict = field(default_factory=dict)
+    rates: dict = field(default_factory=dict)
+
+
+@dataclass
+class Stages:
+    configs: dict
+    exploratory: Stage
+    confirmatory: Stage
+    registration: dict  # as the configs and the exploratory runs give it now
+    frozen: dict | None
+    freeze: str | None
+    problems: list
+
+
+def run_sections(name: str, runs: pd.DataFrame, on_disk: pd.DataFrame, scale: str, out_root: Path) -> list[str]:
+    """The runs an analysis read, failed, or left out, with their paths."""
+    out = []
+    rel = lambda p: Path(p).relative_to(out_root)  # noqa: E731
+    if len(runs):
+        bad = runs[runs.status.isin(["failed", "incomplete"])]
+        out.append(f"Runs on disk: {runs.status.value_counts().to_dict()}."
+                   + "".join(f"\n  - {s}: `{rel(p)}`" for s, p in zip(bad.status, bad.path, strict=True)))
+    if len(on_disk) and not on_disk.in_sweep.all():
+        outside = on_disk[~on_disk.in_sweep].path
+        out.append("Left out of the analysis, not jobs of this experiment's current sweep (another grid, or "
+                   f"overrides the sweep does not make): {len(outside)} run directories."
+                   + "".join(f"\n  - `{rel(p)}`" for p in outside))
+    if len(on_disk) and on_disk.stale.any():
+        stale = on_disk[on_disk.stale].path
+        remake = f"make {name}" + ("" if scale == "cpu" else f" SCALE={scale}")
+        out.append(f"Left out of the analysis, trained under an earlier config of this experiment (`{remake}` "
+                   f"retrains them): {len(stale)} run directories." + "".join(f"\n  - `{rel(p)}`" for p in stale))
+    return out
+
+
+def run_stage(stage: Stage, configs: dict, scale: str, root: Path, out_dir: Path, overrides: list[str],
+              frozen_rates: dict | None = None) -> None:
+    for name, cfg in configs.items():
+        extra = [] if frozen_rates is None else confirmatory_overrides(name, scale, {"rates": frozen_rates})
+        on_disk = sweep_runs(name, scale, root, [*overrides, *extra])
+        runs = on_disk[on_disk.in_sweep & ~on_disk.stale] if len(on_disk) else on_disk
+        if len(on_disk):
+            stage.runs.append(on_disk.assign(experiment=name, stage=stage.name,  # paths as under out_root
+                                             path=[str(Path(p).relative_to(cfg.out_root)) for p in on_disk.path]))
+        record: dict = {}
+        first = runs[runs.seed < CONFIRMATORY_SEEDS[FIRST_SEEDS]] if frozen_rates is not None and len(runs) else runs
+        frozen = None if frozen_rates is None else frozen_rates.get(name, {})
+        stage.findings[name], ctx = analyse(name, cfg, first, out_dir, frozen, record if frozen is None else None)
+        if frozen is not None and len(first) < len(runs):  # the extra seeds of the inconclusive cells
+            stage.more[name], _ = analyse(name, cfg, runs, Path(tempfile.mkdtemp()), frozen)
+        stage.rates[name] = record
+        figures = [f"![{f.name}]({f.with_suffix('.png').relative_to(out_dir)})" if i == 0 else
+                   f"Figure: [{f.name}]({f.with_suffix('.png').relative_to(out_dir)})"
+                   for i, f in enumerate(dict.fromkeys(ctx.figures))]
+        stage.sections[name] = figures + ctx.tables + run_sections(name, runs, on_disk, scale, Path(cfg.out_root))
+
+
+def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures: bool = True) -> Stages:
+    """Both stages: the exploratory runs (which choose the rates) and the confirmatory ones (judged with the
+    frozen rates), and the registration check. Figures and tables come from the confirmatory runs where there
+    are any."""
     configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
-    group_now = None
-    for group, name in by_source(configs):
-        cfg = configs[name]
+    roots = {s: runs_root(scale, s, overrides) for s in ("exploratory", "confirmatory")}
+    has_confirmatory = any(roots["confirmatory"].glob("*/*/config.yaml"))
+    frozen, freeze = load(scale), freeze_commit(registration_path(scale))
+    exploratory, confirmatory = Stage("exploratory"), Stage("confirmatory")
+    scratch = Path(tempfile.mkdtemp())
+    run_stage(exploratory, configs, scale, roots["exploratory"],
+              out_dir if figures and not has_confirmatory else scratch, overrides)
+    if has_confirmatory:
+        run_stage(confirmatory, configs, scale, roots["confirmatory"], out_dir if figures else scratch,
+                  [*overrides, "stage=confirmatory", f"seed=range({CONFIRMATORY_SEEDS[0]},"
+                                                     f"{CONFIRMATORY_SEEDS[-1] + 1})"],
+                  frozen_rates=(frozen or {}).get("rates", {}))
+    now = registration(configs, exploratory.rates)
+    runs = pd.concat(confirmatory.runs) if confirmatory.runs else pd.DataFrame()
+    seeds = {int(s) for r in exploratory.runs for s in r.seed}
+    return Stages(configs, exploratory, confirmatory, now, frozen, freeze,
+                  check(frozen, now, runs, freeze, seeds))
+
+
+def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame,
+                                                                                  Stages]:
+    stages = analyse_stages(scale, out_dir, overrides)
+    rows, sections, group_now = [], [], None
+    for group, name in by_source(stages.configs):
         if group != group_now:
             sections.append(f"### {group}")
             group_now = group
-        sweep_dir = Path(cfg.out_root) / scale / name
-        on_disk = runlog.runs(sweep_dir)
-        if len(on_disk):  # runs of another grid, with overrides the sweep does not make, or whose config has
-            # changed since they trained (their identity is not the one train would give them now) are left out
-            jobs, excluded = sweep_jobs(name, scale, overrides)
-            named = [job_name(o, excluded) for o in on_disk.job_overrides]
-            on_disk["in_sweep"] = [in_sweep(n, jobs) for n in named]
-            current = job_identities(name, scale, {n for n in named if n in jobs})
-            identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
-            on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]
-                                for n, i in zip(named, identity, strict=True)]
-            all_runs.append(on_disk.drop(columns="job_overrides").assign(  # paths as the archive holds them
-                experiment=name, path=[str(Path(p).relative_to(cfg.out_root)) for p in on_disk.path]))
-        runs = on_disk[on_disk.in_sweep & ~on_disk.stale] if len(on_disk) else on_disk
-        findings: list[Finding] = []
-        ctx = Context(name, cfg, runs, out_dir)
         sections.append(f"#### Experiment `{name}`")
-        if len(runs) and runs.status.isin(DONE).any():  # an analysis needs a run that trained to its end
-            findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
-        for i, fig in enumerate(dict.fromkeys(ctx.figures)):  # the first embedded, every one linked
-            link = fig.with_suffix(".png").relative_to(out_dir)
-            sections.append(f"![{fig.name}]({link})" if i == 0 else f"Figure: [{fig.name}]({link})")
-        by_claim = {f.claim: f for f in findings}
-        for claim_id, claim in cfg.claims.items():
-            f = by_claim.get(claim_id, Finding(claim_id, [], "no runs on disk yet"))
-            row = claim_row(name, claim_id, claim, f, out_dir) | {"group": group}
+        stage = stages.confirmatory if stages.confirmatory.runs else stages.exploratory
+        sections.extend(stage.sections.get(name, []))
+        for claim_id, claim in stages.configs[name].claims.items():
+            row = claim_row(name, claim_id, claim, stages) | {"group": group}
             rows.append(row)
-            sections.append(claim_section(row, claim, f))
-        sections.extend(ctx.tables)
-        if len(runs):
-            bad = runs[runs.status.isin(["failed", "incomplete"])]
-            counts = runs.status.value_counts().to_dict()
-            sections.append(f"Runs of `{name}` on disk: {counts}."
-                            + "".join(f"\n  - {s}: `{Path(p).relative_to(cfg.out_root)}`"
-                                      for s, p in zip(bad.status, bad.path, strict=True)))
-        if len(on_disk) and not on_disk.in_sweep.all():
-            outside = on_disk[~on_disk.in_sweep].path
-            sections.append("Left out of the analysis, not jobs of this experiment's current sweep (another grid, "
-                            f"or overrides the sweep does not make): {len(outside)} run directories."
-                            + "".join(f"\n  - `{Path(p).relative_to(cfg.out_root)}`" for p in outside))
-        if len(on_disk) and on_disk.stale.any():
-            stale = on_disk[on_disk.stale].path
-            remake = f"make {name}" + ("" if scale == "cpu" else f" SCALE={scale}")
-            sections.append(f"Left out of the analysis, trained under an earlier config of this experiment "
-                            f"(`{remake}` retrains them): {len(stale)} run directories."
-                            + "".join(f"\n  - `{Path(p).relative_to(cfg.out_root)}`" for p in stale))
-    table = pd.concat(all_runs, ignore_index=True) if all_runs else pd.DataFrame()
+            sections.append(claim_section(row, claim, stages, name))
+    table = pd.concat([*stages.exploratory.runs, *stages.confirmatory.runs], ignore_index=True) \
+        if stages.exploratory.runs or stages.confirmatory.runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))
-    return header(scale, table, rows) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows, table
+    return (header(scale, table, rows, stages) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows,
+            table, stages)
 
 
-def criterion(direction: str, threshold: float) -> str:
-    return f"{'≥' if direction == 'ge' else '≤'} {threshold:g}"
+def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
+    """The experiments that need the second confirmatory stage: a claim with a cell inconclusive on its first
+    seeds."""
+    stages = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False)
+    return [name for name, findings in stages.confirmatory.findings.items()
+            if any(cell.verdict == "inconclusive" for cid, claim in stages.configs[name].claims.items()
+                   if cid in findings for cell in judge(findings[cid], Criterion.of(claim)).cells.values())]
 
 
-def claim_row(experiment: str, claim_id: str, claim: DictConfig, f: Finding, out_dir: Path) -> dict:
-    result, cells = claim_verdict(f, claim.threshold, claim.direction, claim.cells, claim.tie)
-    a = claim.amended
-    n = replicates(f)
-    single = not isinstance(f.values, dict)
-    return {"id": claim_id, "experiment": experiment, "kind": claim.kind, "source": claim.source,
-            "statement": claim.statement, "criterion": criterion(claim.direction, claim.threshold),
-            "measured": plots.median_range(f.values) if single else "; ".join(
-                f"{cell}: {plots.median_range(v).split(' (')[0]}" for cell, v in f.cells().items()),
-            "n": n, "verdict": result + (f" ({cells})" if cells and result == "partly" else ""),
-            "few": 0 < n < MIN_REPLICATES, "base verdict": result,
-            "figure": f"[figure]({Path(f.figure).relative_to(out_dir)})" if f.figure else "",
-            **({"amended": True, "verdict then": a.verdict,
-                "original": f"{a.statement} ({criterion(a.direction, a.threshold)})"} if a else {})}
+def number(v: float) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{v:.3g}"
 
 
-def claim_section(row: dict, claim: DictConfig, f: Finding) -> str:
-    """A claim's statement, criterion, what each value is, the per-cell table and the analysis's detail."""
-    text = [f"##### {row['id']} ({row['kind']}): {row['verdict']}",
-            f"*{claim.source}.* {claim.statement}. Criterion: measured {row['criterion']}; one value per "
-            f"{claim.replicate}" + (f"; cells combine as: {claim.cells}" if isinstance(f.values, dict) else "")
-            + f". Paper: {claim.paper}"]
-    if isinstance(f.values, dict):
-        table = pd.DataFrame([{"cell": cell, "measured: median [min, max] (n)": plots.median_range(v),
-                               "verdict": verdict(v, claim.threshold, claim.direction, claim.tie)}
-                              for cell, v in f.values.items()])
-        text.append(markdown(table))
-    if row["few"]:
-        text.append(f"Fewer than {MIN_REPLICATES} replicates: read this verdict as provisional.")
-    if f.detail:
-        text.append(f.detail)
+def shown(cell: Cell) -> str:
+    """'mean [low, high] (n)': the mean effect and its widened interval, on the measured scale."""
+    if cell.verdict == "not testable":
+        return f"not testable: {cell.why}"
+    return f"{number(cell.mean)} [{number(cell.low)}, {number(cell.high)}] (n={cell.n})"
+
+
+def judged(stages: Stages, stage: str, name: str, claim_id: str, c: Criterion) -> Judgement | None:
+    s = getattr(stages, stage)
+    if name not in s.findings:
+        return None
+    f = s.findings[name].get(claim_id, Finding(claim_id, [], untestable={"": "analysis returned no finding"}))
+    return judge(f, c, s.more.get(name, {}).get(claim_id))
+
+
+def claim_row(experiment: str, claim_id: str, claim: DictConfig, stages: Stages) -> dict:
+    c = Criterion.of(claim)
+    row = {"id": claim_id, "experiment": experiment, "kind": str(claim.kind), "source": claim.source,
+           "setup": claim.setup, "criterion": criterion(c),
+           "paper effect": "—" if claim.paper_effect is None else f"{claim.paper_effect:g} ({claim.paper_ref})"}
+    for stage in ("exploratory", "confirmatory"):
+        j = judged(stages, stage, experiment, claim_id, c)
+        row[f"{stage} judgement"] = j
+        row[f"{stage} magnitude"] = j.verdict if j else ""
+        row[f"{stage} direction"] = (j.direction or "") if j else ""
+        row[f"{stage} measured"] = "" if j is None else (
+            f"not testable: {j.why}" if j.why else shown(next(iter(j.cells.values()))) if len(j.cells) == 1
+            else holds_in(j.cells))
+    both = row["confirmatory magnitude"] and row["exploratory magnitude"]
+    row["differs"] = bool(both) and (row["confirmatory magnitude"], row["confirmatory direction"]) != (
+        row["exploratory magnitude"], row["exploratory direction"])
     if claim.amended:
         a = claim.amended
-        text.append(f"Amended after its results were seen. Original criterion: {a.statement} "
-                    f"({criterion(a.direction, a.threshold)}), verdict then: {a.verdict}. "
-                    f"Why: {a.why}")
+        row |= {"amended": True, "verdict then": a.verdict,
+                "original": f"{a.statement} ({'≥' if str(a.direction) == 'ge' else '≤'} {a.threshold:g})"}
+    return row
+
+
+def criterion(c: Criterion) -> str:
+    """'≥ 0.5 (ratio, δ 0.1; no effect 1; cells: all)'."""
+    side = "≥" if c.direction == "ge" else "≤"
+    null = "" if c.no_effect is None else f"; no effect {c.no_effect:g}"
+    return f"{side} {c.threshold:.3g} ({c.effect}, δ {c.resolution:g}{null}; cells: {c.cells})"
+
+
+def claim_section(row: dict, claim: DictConfig, stages: Stages, name: str) -> str:
+    """A claim's statement, setup, criterion, per-cell table in both stages and the analyses' detail."""
+    verdict = row["confirmatory magnitude"] or row["exploratory magnitude"]
+    text = [f"##### {row['id']} ({row['kind']}): {verdict}",
+            f"*{claim.source}.* {claim.statement}. Setup: {claim.setup}."
+            + (f" Confound: {claim.confound}." if claim.confound else "")
+            + f" Criterion: mean {row['criterion']}; one value per {claim.replicate}. Paper: {claim.paper}"
+            + (f" Paper's effect: {claim.paper_effect:g} ({claim.paper_ref})." if claim.paper_effect is not None
+               else "")]
+    cells = []
+    for stage in ("confirmatory", "exploratory"):
+        j = row[f"{stage} judgement"]
+        if j is None:
+            continue
+        if j.why:
+            text.append(f"{stage.capitalize()}: not testable as built: {j.why}.")
+        cells += [{"stage": stage, "cell": cell or "(one)", "mean [low, high] (n)": shown(x), "magnitude": x.verdict,
+                   "direction": x.direction or "—"} for cell, x in j.cells.items()]
+    if cells:
+        text.append(markdown(pd.DataFrame(cells)))
+    for stage in ("confirmatory", "exploratory"):
+        f = getattr(stages, stage).findings.get(name, {}).get(row["id"])
+        if f is not None and f.detail:
+            text.append(f"{stage.capitalize()}: {f.detail}")
+    if claim.amended:
+        a = claim.amended
+        text.append(f"Amended after its results were seen. Original criterion: {row['original']}, verdict then: "
+                    f"{a.verdict}. Why: {a.why}")
     return "\n\n".join(text)
 
 
@@ -182,35 +349,55 @@ def markdown(table: pd.DataFrame) -> str:
     return table.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v).to_markdown(index=False)
 
 
-def header(scale: str, runs: pd.DataFrame, rows: list[dict]) -> str:
-    """Tally of the empirical claims, the claims table, the sanity checks apart, and the amendments."""
+def environments(runs: pd.DataFrame) -> str:
+    env = (runs.drop_duplicates(["stage", "torch", "cpu", "git_sha"])[
+        ["stage", "torch", "torchvision", "python", "cpu", "git_sha"]] if len(runs) and "cpu" in runs
+           else pd.DataFrame())
+    return "; ".join(f"{e.stage}: torch {e.torch}, torchvision {e.torchvision}, Python {e.python}, {e.cpu}, "
+                     f"git {str(e.git_sha)[:10]}" for e in env.itertuples()) or "no runs"
+
+
+def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> str:
+    """The registration, both tallies, the claims table by source, the verdicts that differ between the stages,
+    the sanity checks apart, and the amendments."""
     claims = [r for r in rows if r["kind"] == "claim"]
     checks = [r for r in rows if r["kind"] == "check"]
-    env = (runs.drop_duplicates(["torch", "cpu", "git_sha"])[["torch", "torchvision", "python", "cpu", "git_sha"]]
-           if len(runs) and "cpu" in runs else pd.DataFrame())
-    where = "; ".join(f"torch {e.torch}, torchvision {e.torchvision}, Python {e.python}, {e.cpu}, "
-                      f"git {str(e.git_sha)[:10]}" for e in env.itertuples()) or "no runs"
-    cols = ["id", "source", "criterion", "measured", "n", "verdict", "figure"]
-    table = lambda rs: markdown(pd.DataFrame(rs)[cols]) if rs else "(none)"  # noqa: E731
+    cols = {"id": "id", "setup": "setup", "paper effect": "paper effect", "criterion": "criterion (magnitude)",
+            "confirmatory measured": "confirmatory: mean [95% CI ± δ]", "confirmatory direction": "direction",
+            "confirmatory magnitude": "magnitude", "exploratory direction": "exploratory direction",
+            "exploratory magnitude": "exploratory magnitude"}
+    table = lambda rs: markdown(pd.DataFrame(rs)[list(cols)].rename(columns=cols)) if rs else "(none)"  # noqa: E731
+    differ = [r for r in claims if r["differs"]]
     amended = [r for r in rows if r.get("amended")]
+    problems = "\n".join(f"- {p}" for p in stages.problems)
     text = [f"# bnlab report (scale `{scale}`)",
             f"Generated by `python -m bnlab.report --scale {scale}` from the run directories under "
-            f"`results/runs/{scale}/`; every number below comes from those files. Runs trained with: {where}; "
-            "every run single-threaded.",
-            f"**{tally(rows)}.**",
-            "Verdicts: one value per independent replicate (a training run, one seed); *reproduced* = every "
-            "replicate meets the criterion fixed in the experiment config before the runs; *not reproduced* = "
-            "none does; *inconclusive* = replicates on both sides. A claim over several cells combines the "
-            "cells' verdicts by the rule its config declares: *partly (k of m cells)* = some cells reproduced, "
-            "fewer than the rule asks. Numbers are median [min, max] (n = replicates).",
+            f"`results/runs/`; every number below comes from those files. Runs trained with: "
+            f"{environments(runs)}; every run single-threaded.",
+            f"**Registration:** criteria, seeds and best rates frozen in `{registration_path(scale).name}` at "
+            f"commit `{stages.freeze}`. " + ("The confirmatory runs and the criteria in force match it."
+                                             if not stages.problems else
+                                             f"**It does not hold:**\n\n{problems}"),
+            f"**Confirmatory (fresh seeds {CONFIRMATORY_SEEDS[0]}-{CONFIRMATORY_SEEDS[FIRST_SEEDS - 1]}, "
+            f"{CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} for inconclusive cells): "
+            f"{tally(rows, 'confirmatory')}.**",
+            f"Exploratory (each experiment's own seeds, which designed the criteria; same criteria): "
+            f"{tally(rows, 'exploratory')}; {len(differ)} claims differ between the stages.",
+            "How a verdict is reached: [docs/method.md](../docs/method.md). Per cell, the mean effect over seeds "
+            "and its 95% t-interval widened by the claim's resolution δ; *magnitude*: against the threshold "
+            f"({MAGNITUDE_SHARE:g} of the paper's effect where it gives one); *direction*: against no effect. "
+            "Cells combine by the rule each claim declares; \"holds in k of m cells\" describes, it does not judge.",
             "## Claims", *[part for group in GROUPS if (mine := [r for r in claims if r["group"] == group])
                            for part in (f"### {group}", table(mine))],
+            "## Verdicts that differ between the stages",
+            table(differ),
             "## Sanity checks",
             "These hold by construction: they confirm the implementation and are not counted as evidence.",
             table(checks)]
     if amended:
         text += ["## Amended criteria", "Criteria replaced after their results were seen; each claim's section "
-                 "gives the reason.", markdown(pd.DataFrame(amended)[["id", "original", "verdict then", "verdict"]])]
+                 "gives the reason.", markdown(pd.DataFrame(amended)[["id", "original", "verdict then",
+                                                                       "confirmatory magnitude"]])]
     return "\n\n".join(text)
 
 
@@ -237,30 +424,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="cpu", help="which profile's runs to report (smoke | cpu | paper)")
     parser.add_argument("--out-dir", type=Path, help="where REPORT.md, figures and tables go (default results/)")
-    parser.add_argument("--archive", type=Path, help="runs to unpack when the scale has none on disk "
+    parser.add_argument("--archive", type=Path, help="exploratory runs to unpack when the scale has none on disk "
                         "(default results/evidence_<scale>.tar.xz)")
     parser.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
                         help="also log REPORT.md, figures and tables to wandb as an artifact")
+    parser.add_argument("--inconclusive", action="store_true", help="print (last line) the experiments with a "
+                        "claim's cell inconclusive on the first confirmatory seeds, and write nothing")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. out_root=/elsewhere data.root=/data")
     args = parser.parse_args()
+    if args.inconclusive:
+        print(" ".join(inconclusive(args.scale, args.overrides)))
+        return
     out_dir = args.out_dir or report_dir(args.scale)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs_root = Path(experiment_config(experiment_names()[0], args.scale, args.overrides).out_root) / args.scale
-    archive = args.archive or archive_path(args.scale)
-    if not any(runs_root.glob("*/*/config.yaml")) and archive.is_file():  # a fresh clone: the committed evidence
-        print(f"[bnlab] no runs under {runs_root}: restored {unpack(archive, runs_root)} from {archive}")
-    text, rows, runs = build_report(args.scale, out_dir, args.overrides)
+    for stage in ("exploratory", "confirmatory"):  # a fresh clone: the committed evidence
+        root, archive = runs_root(args.scale, stage, args.overrides), archive_path(args.scale, stage)
+        if stage == "exploratory" and args.archive:
+            archive = args.archive
+        if not any(root.glob("*/*/config.yaml")) and archive.is_file():
+            print(f"[bnlab] no runs under {root}: restored {unpack(archive, root)} from {archive}")
+    text, rows, runs, stages = build_report(args.scale, out_dir, args.overrides)
     atomic_write_text(out_dir / "REPORT.md", text)
     if out_dir == report_dir("cpu") and args.scale == "cpu":  # the README shows the default profile's verdicts
-        update_readme(claims_for_readme(rows, out_dir))
+        update_readme(claims_for_readme(rows, out_dir, stages.freeze))
     failed = int(runs.status.isin(["failed", "incomplete"]).sum()) if len(runs) else 0
     stale = int((runs.stale | ~runs.in_sweep).sum()) if len(runs) else 0
     if args.wandb != "disabled":
         log_artifact(out_dir, args.scale, args.wandb)
-    print(f"[bnlab] {tally(rows)}\n"
-          f"[bnlab] {failed} failed or incomplete runs, {stale} left out (stale or outside the sweep); "
+    print(f"[bnlab] confirmatory: {tally(rows)}\n[bnlab] exploratory: {tally(rows, 'exploratory')}\n"
+          + "".join(f"[bnlab] registration: {p}\n" for p in stages.problems)
+          + f"[bnlab] {failed} failed or incomplete runs, {stale} left out (stale or outside the sweep); "
           f"wrote {out_dir / 'REPORT.md'}")
-
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ counts the jobs.
 
 import copy
 import itertools
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,6 +27,13 @@ def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictC
     plain = [o for o in overrides if not parser.parse_override(o).is_sweep_override()]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain])
+
+
+def runs_root(scale: str, stage: str, overrides: list[str] = ()) -> Path:
+    """Where a stage's run directories are: <out_root>/<scale>, or <out_root>/confirmatory/<scale>
+    (configs/stage/)."""
+    out_root = Path(experiment_config(experiment_names()[0], scale, overrides).out_root)
+    return out_root / scale if stage == "exploratory" else out_root / "confirmatory" / scale
 
 
 def _key(override: str) -> str:

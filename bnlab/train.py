@@ -134,13 +134,22 @@ class Scoring:
     test_y: torch.Tensor
     probe_x: torch.Tensor
     train_eval: torch.Tensor
+    test_subset: torch.Tensor | None = None  # trainer.eval_subset's fixed test examples
 
     @classmethod
     def on(cls, data: Dataset, tc, device: torch.device) -> "Scoring":
         train_x, train_y = data.train.x.to(device), data.train.y.to(device)
         fixed = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(12345))
+        subset = torch.randperm(len(data.test.x), generator=torch.Generator().manual_seed(54321))[:tc.eval_subset]
         return cls(tc, train_x, train_y, data.test.x.to(device), data.test.y.to(device),
-                   train_x[fixed[:tc.probe_size]], fixed[:tc.train_eval_size])
+                   train_x[fixed[:tc.probe_size]], fixed[:tc.train_eval_size],
+                   subset.to(device) if tc.eval_subset else None)
+
+    def test_set(self, whole: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples an evaluation scores: the whole test set, or trainer.eval_subset's fixed part of it."""
+        if whole or self.test_subset is None:
+            return self.test_x, self.test_y
+        return self.test_x[self.test_subset], self.test_y[self.test_subset]
 
 
 @dataclass
@@ -159,12 +168,15 @@ class Member:
     status: str = "finished"
     diverged_at: int | None = None
 
-    def log_eval(self, step: int, test: tuple, train_eval: tuple | None, sc: Scoring, norms: dict) -> None:
+    def log_eval(self, step: int, test: tuple, train_eval: tuple | None, sc: Scoring, norms: dict,
+                 test_examples: int) -> None:
         """One row of metrics: the (loss, accuracy) `Stepper.evaluate` gave on the test set (and the training
         subset), the interval's training means, the moment tracker's changes, the parameter norms."""
         train_loss, train_acc = self.state.take_interval(sc.tc.loss == "cross_entropy")
         row = {"step": step, "test_loss": test[0], "test_acc": test[1], "train_loss": train_loss,
                "train_acc": train_acc, "train_time": self.state.train_time}
+        if sc.tc.eval_subset:
+            row["test_examples"] = test_examples
         if self.tracker:
             row.update({f"{key}_L{r['layer']}": r[key] for r in self.tracker.rows() for key in ("dmean", "dvar")})
         if train_eval:
@@ -365,7 +377,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
                 with clock.paused(active):
                     for k in diverged:
                         active[k].status, active[k].diverged_at = "diverged", step
-                    log_evals(model, active, diverged, step, sc, clock)
+                    log_evals(model, active, diverged, step, sc, clock, whole=True)  # their last evaluation
                     kept = [k for k in range(len(active)) if k not in diverged]
                     active = [active[k] for k in kept]
                     model.keep(kept)  # its NaNs never meet the others' numbers
@@ -373,7 +385,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
             if due(step, tc.eval_every) or due(step, tc.probe_every) or due(step, tc.checkpoint_every) or last:
                 with clock.paused(active):
                     if due(step, tc.eval_every) or last:
-                        log_evals(model, active, range(len(active)), step, sc, clock)
+                        log_evals(model, active, range(len(active)), step, sc, clock, whole=last)
                     for k, m in enumerate(active):
                         with clock.probing([m]):
                             if due(step, tc.probe_every) or last:
@@ -394,18 +406,22 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
         m.finish(len(members), device)
 
 
-def log_evals(model: Stepper, active: list[Member], ks, step: int, sc: Scoring, clock: Clock) -> None:
-    """Score members `ks` of the stack (indices into `active`) on the test set, and on the training subset where
-    asked, all in one pass, and log a metrics row for each."""
+def log_evals(model: Stepper, active: list[Member], ks, step: int, sc: Scoring, clock: Clock,
+              whole: bool = True) -> None:
+    """Score members `ks` of the stack (indices into `active`) on the test set (or its fixed subset, where the
+    trainer asks for one before the last evaluation), and on the training subset where asked, all in one pass, and
+    log a metrics row for each."""
     ks, members = list(ks), [active[k] for k in ks]
     if not members:  # every member diverged at this step
         return
     with clock.probing(members):
-        tests = model.evaluate(sc.test_x, sc.test_y, ks)
+        test_x, test_y = sc.test_set(whole)
+        tests = model.evaluate(test_x, test_y, ks)
         train_evals = model.evaluate(sc.train_x[sc.train_eval], sc.train_y[sc.train_eval], ks) \
             if sc.tc.train_eval_size else [None] * len(ks)
         for k, m, test, train_eval in zip(ks, members, tests, train_evals, strict=True):
-            m.log_eval(step, test, train_eval, sc, parameter_norms(model.member(k)) if sc.tc.param_norms else {})
+            m.log_eval(step, test, train_eval, sc, parameter_norms(model.member(k)) if sc.tc.param_norms else {},
+                       len(test_y))
 
 
 def run_jobs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:

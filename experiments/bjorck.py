@@ -12,52 +12,56 @@ from bnlab.analysis import best_lr, done, final_score, ratio, score, select
 from bnlab.claims import Context, Finding
 from bnlab.data import load
 from bnlab.models import init_model
-from bnlab.probes import relative_loss, weight_grad_norms
+from bnlab.probes import frozen, relative_loss, weight_grad_norms
 from bnlab.stack import LOSSES
 
 ARMS = ("none", "batch")
-ETAS = np.logspace(-4, 1, 21).tolist()
 
 
-def one_step_curves(ctx: Context, seeds: list[int]) -> tuple[dict, dict]:
-    """Relative loss after one gradient step at initialisation, per arm and seed, on one fixed batch; and the
-    weight gradients' norms, layer by layer, that the step is taken along."""
+def distances(params) -> list[float]:
+    """B3's grid of step lengths d (a distance in parameter space), log-spaced."""
+    lo, hi, per = math.log10(params.d_min), math.log10(params.d_max), int(params.per_decade)
+    return np.logspace(lo, hi, round((hi - lo) * per) + 1).tolist()
+
+
+def grad_norm(model, x: torch.Tensor, y: torch.Tensor, loss_fn) -> float:
+    """Norm of the loss gradient over every parameter, in training mode on (x, y): the direction's length that
+    relative_loss steps along."""
+    with frozen(model):
+        model.train()
+        params = list(model.parameters())
+        grads = torch.autograd.grad(loss_fn(model(x), y), params)
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+
+
+def one_step_curves(ctx: Context, seeds: list[int], dists: list[float]) -> tuple[dict, dict, dict]:
+    """Relative loss after one step of length d along the negative gradient at initialisation (eta = d / ||g||),
+    per arm and seed, on one fixed batch; the weight gradients' norms, layer by layer; and the full gradient's
+    norm."""
     d = ctx.cfg.data
     data = load(d)
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(data.train.x), generator=gen)[:int(ctx.cfg.claims.B3_one_step_blowup.params.batch)]
     x, y = data.train.x[idx], data.train.y[idx]
-    curves, grad_norms = {}, {}
+    loss_fn = LOSSES["cross_entropy"]
+    curves, grad_norms, full = {}, {}, {}
     for arm in ARMS:
         for seed in seeds:
             norm = OmegaConf.merge(ctx.cfg.norm, {"name": arm})
             model = init_model(ctx.cfg.model, norm, seed, data.shape, data.num_classes)  # the run's own start
-            curves[arm, seed] = relative_loss(model, x, y, LOSSES["cross_entropy"], ETAS)
-            grad_norms[arm, seed] = weight_grad_norms(model, x, y, LOSSES["cross_entropy"])
-    return curves, grad_norms
+            full[arm, seed] = grad_norm(model, x, y, loss_fn)
+            curves[arm, seed] = relative_loss(model, x, y, loss_fn, [dist / full[arm, seed] for dist in dists])
+            grad_norms[arm, seed] = weight_grad_norms(model, x, y, loss_fn)
+    return curves, grad_norms, full
 
 
-def first_blowup(ratios: list[float], level: float = 1.0) -> float:
-    """The smallest step size whose one-step loss ratio exceeds `level`; inf if none on the grid does."""
-    hit = [eta for eta, r in zip(ETAS, ratios, strict=True) if not r <= level]  # NaN counts as a blow-up
+def first_blowup(grid: list[float], ratios: list[float], level: float = 1.0) -> float:
+    """The smallest step on the grid whose one-step loss ratio exceeds `level`; inf if none on the grid does."""
+    hit = [step for step, r in zip(grid, ratios, strict=True) if not r <= level]  # NaN counts as a blow-up
     return hit[0] if hit else math.inf
 
 
-def blowup_ratio(bn: float, plain: float) -> float:
-    """BN's explosion step size over the plain network's. Where neither explodes on the grid the arms are alike
-    (1), a failing replicate rather than an unmeasured one: the claim is that the plain network explodes."""
-    return 1.0 if math.isinf(bn) and math.isinf(plain) else ratio(bn, plain)
-
-
-def converged_lr(runs: pd.DataFrame, level: float) -> float:
-    """The smallest learning rate at which every seed of every arm ends at `level` test accuracy or more."""
-    worst = runs.assign(score=score(runs)).groupby("optim.lr").score.min()
-    every_arm = runs.groupby("optim.lr")["norm.name"].nunique() == len(ARMS)
-    ok = worst[(worst >= level) & every_arm]
-    return float(ok.index.min()) if len(ok) else math.nan
-
-
-def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_norms: dict):
+def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_norms: dict, dists: list[float]):
     """Accuracy against the learning rate; the one-step loss ratio against the step size; the activations' and
     the weight gradients' scale by depth at initialisation."""
     fig, ax = plots.subplots(4, width=3.3)
@@ -66,7 +70,7 @@ def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_n
         g = r.groupby("optim.lr").score
         plots.errorbar(ax[0, 0], g, plots.COLORS[arm], plots.LABELS[arm])
         for seed in seeds:
-            ax[0, 1].plot(ETAS, steps[arm, seed], color=plots.COLORS[arm], alpha=0.7,
+            ax[0, 1].plot(dists, steps[arm, seed], color=plots.COLORS[arm], alpha=0.7,
                           label=plots.LABELS[arm] if seed == seeds[0] else None)
         first = select(runs, norm__name=arm).sort_values(["optim.lr", "seed"])
         if len(first):
@@ -81,7 +85,7 @@ def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_n
                  title=f"{ctx.cfg.model.depth}-layer ReLU MLP, {ctx.cfg.trainer.steps} steps")
     ax[0, 1].axhline(1, color="k", lw=0.6, ls="--")
     ax[0, 1].axhline(ctx.cfg.claims.B3_one_step_blowup.params.explosion, color="k", lw=0.6, ls=":")
-    ax[0, 1].set(xscale="log", yscale="log", xlabel="step size eta", ylabel="L(theta - eta g) / L(theta)",
+    ax[0, 1].set(xscale="log", yscale="log", xlabel="step length d = eta |g|", ylabel="L(theta - d g/|g|) / L(theta)",
                  title="one step at initialisation")
     ax[0, 2].set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
                  title="activation scale at initialisation")
@@ -95,8 +99,10 @@ def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_n
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     seeds = sorted(int(s) for s in runs.seed.unique())
-    steps, grad_norms = one_step_curves(ctx, seeds)
-    fig_path = plots.save(draw(ctx, runs, seeds, steps, grad_norms), ctx.figure_path("lr_onestep_depth"))
+    claims = ctx.cfg.claims
+    dists = distances(claims.B3_one_step_blowup.params)
+    steps, grad_norms, full = one_step_curves(ctx, seeds, dists)
+    fig_path = plots.save(draw(ctx, runs, seeds, steps, grad_norms, dists), ctx.figure_path("lr_onestep_depth"))
     table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
     ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
     layers = range(len(grad_norms[ARMS[0], seeds[0]]))
@@ -109,25 +115,37 @@ def analyze(ctx: Context) -> list[Finding]:
         "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
         "(a reading aid for B3_one_step_blowup, not a claim)")
 
-    explosion = ctx.cfg.claims.B3_one_step_blowup.params.explosion
-    common = converged_lr(runs, ctx.cfg.claims.B1_small_lr_alike.params.converged)
     per_arm = lambda arm, lr, s: final_score(select(runs, norm__name=arm, optim__lr=lr, seed=s).iloc[0])  # noqa: E731
-    small = [abs(100 * (per_arm("batch", common, s) - per_arm("none", common, s))) for s in seeds] \
-        if math.isfinite(common) else []
+    gap = lambda lr: [abs(100 * (per_arm("batch", lr, s) - per_arm("none", lr, s))) for s in seeds]  # noqa: E731
+    small_lr, large_lr = float(claims.B1_small_lr_alike.params.lr), float(claims.B1_small_lr_alike.params.contrast_lr)
+
     best = best_lr(runs, "norm.name")
-    own = [100 * (per_arm("batch", best["batch"], s) - per_arm("none", best["none"], s)) for s in seeds] \
-        if best["batch"] > best["none"] else [-math.inf] * len(seeds)
-    blowup = {arm: [first_blowup(steps[arm, s], explosion) for s in seeds] for arm in ARMS}
+    own = [100 * (per_arm("batch", best["batch"], s) - per_arm("none", best["none"], s)) for s in seeds]
+    b2_untestable = {} if best["batch"] > best["none"] else {
+        "": f"BN's best rate ({best['batch']:g}) is not larger than no BN's ({best['none']:g}): the claim's mechanism, "
+            "a larger usable rate, is absent (read as not reproduced)"}
+
+    b3 = claims.B3_one_step_blowup.params
+    blowup = {arm: [first_blowup(dists, steps[arm, s], b3.explosion) for s in seeds] for arm in ARMS}
+    unmeasured = {arm: [s for s, v in zip(seeds, blowup[arm], strict=True) if math.isinf(v)] for arm in ARMS}
+    b3_values = [bn / plain if math.isfinite(bn) and math.isfinite(plain) else math.nan
+                 for bn, plain in zip(blowup["batch"], blowup["none"], strict=True)]
+    b3_untestable = {"": "; ".join(f"{plots.LABELS[arm]} never reaches a loss ratio of {b3.explosion:g} on the grid "
+                                   f"(d <= {b3.d_max:g}) in seeds {unmeasured[arm]}" for arm in ARMS
+                                   if unmeasured[arm])} if any(unmeasured.values()) else {}
+    overshoot = [ratio(first_blowup(dists, steps["batch", s]), first_blowup(dists, steps["none", s])) for s in seeds]
     return [
-        Finding("B1_small_lr_alike", small, f"|BN - none| at lr {common:g}, the smallest rate at which every seed of "
-                "both arms converged, points" if small else "no rate of the grid at which both arms converged",
-                fig_path),
+        Finding("B1_small_lr_alike", gap(small_lr),
+                f"|BN - none| final test accuracy at the fixed rate {small_lr:g}, points, per seed (1,500 steps: BN "
+                f"{plots.values([100 * per_arm('batch', small_lr, s) for s in seeds])}, none "
+                f"{plots.values([100 * per_arm('none', small_lr, s) for s in seeds])}); contrast: the same at "
+                f"{large_lr:g}", fig_path, contrast=gap(large_lr)),
         Finding("B2_advantage_via_large_lr", own, f"BN (best lr {best['batch']:g}) minus none (best lr "
-                f"{best['none']:g}), points; -inf if BN's best rate is not larger", fig_path),
-        Finding("B3_one_step_blowup", list(map(blowup_ratio, blowup["batch"], blowup["none"])),
-                f"smallest eta whose loss ratio reaches {explosion:g}, per seed: BN {plots.values(blowup['batch'])}, "
-                f"none {plots.values(blowup['none'])} (inf: never on the grid); the first overshoot (ratio > 1), "
-                "BN / none: "
-                + ", ".join(f"{first_blowup(steps['batch', s]) / first_blowup(steps['none', s]):.3g}" for s in seeds),
-                fig_path),
+                f"{best['none']:g}), points", fig_path, untestable=b2_untestable),
+        Finding("B3_one_step_blowup", b3_values,
+                f"shortest step d = eta |g| whose loss ratio reaches {b3.explosion:g}, per seed: BN "
+                f"{plots.values(blowup['batch'])}, none {plots.values(blowup['none'])} (inf: never on the grid up "
+                f"to {b3.d_max:g}); |g| at initialisation: BN {plots.values([full['batch', s] for s in seeds])}, "
+                f"none {plots.values([full['none', s] for s in seeds])}; the first overshoot (ratio > 1), BN / none: "
+                + plots.values(overshoot), fig_path, untestable=b3_untestable),
     ]

@@ -1,18 +1,24 @@
 """Ioffe §4.2.2 (BN-x5-Sigmoid analogue): a 10-layer sigmoid MLP trains only with BN."""
 
 from bnlab import plots, runlog
-from bnlab.analysis import curves, done, fraction_beyond, score, select
+from bnlab.analysis import curves, done, fraction_beyond, frozen_choice, score, select, selection
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch")
 
 
 def best_setting(runs, arm: str) -> tuple[str, float]:
-    """The arm's own best (init, learning rate): highest median score over seeds, a diverged run at chance."""
-    med = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d)).groupby(["model.init", "optim.lr"]).score
-    med = med.median().reset_index().sort_values("optim.lr", kind="stable")  # ties go to the smaller rate
-    row = med.loc[med.score.idxmax()]
-    return row["model.init"], float(row["optim.lr"])
+    """The arm's own best (init, learning rate): highest median score over seeds, a diverged run at chance;
+    chosen on the exploratory seeds (`frozen_choice`)."""
+
+    def choose() -> list:
+        med = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d)).groupby(["model.init", "optim.lr"])
+        med = med.score.median().reset_index().sort_values("optim.lr", kind="stable")  # ties: the smaller rate
+        row = med.loc[med.score.idxmax()]
+        return [str(row["model.init"]), float(row["optim.lr"])]
+
+    init, lr = frozen_choice(selection(runs, [f"best init and rate of {arm}"]), choose)
+    return init, lr
 
 
 def analyze(ctx: Context) -> list[Finding]:

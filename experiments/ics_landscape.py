@@ -40,7 +40,8 @@ def analyze(ctx: Context) -> list[Finding]:
                               for a, b in seed_pairs(runs, "batch", "none")]
     return [
         Finding("S3_ics_mlp", layer_cells(runs, "batch", "none", ics("l2")),
-                "median ICS l2 over training, BN / standard, per seed", fig_path),
+                "median ICS l2 over training, BN / standard, per seed (shown, not counted: it scales with the "
+                "gradient's norm; S3_ics_mlp_cosine decides S3)", fig_path),
         Finding("S3_ics_mlp_cosine", layer_cells(runs, "batch", "none", ics("cos"), lambda a, b: (1 - a) / (1 - b)),
                 "1 - (median cos(G, G') over training), BN / standard, per seed", fig_path),
         Finding("S4_loss_range", per_seed_ratio(runs, "batch", "none", early("range")),

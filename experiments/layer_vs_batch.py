@@ -1,5 +1,7 @@
 """Ba et al. 2016 §6.6: LayerNorm against BN on permutation-invariant MNIST."""
 
+import math
+
 from bnlab import figures, plots
 from bnlab.analysis import best_lr, done, paired_steps_ratio
 from bnlab.claims import Context, Finding
@@ -20,5 +22,8 @@ def analyze(ctx: Context) -> list[Finding]:
              for lr in lrs}
     cells["each at its best lr"] = paired_steps_ratio(runs, "layer", "batch", target, arm_lr=best["layer"],
                                                       reference_lr=best["batch"])
+    untestable = {cell: f"neither arm reaches {target:.0%} in {ctx.cfg.trainer.steps} steps in "
+                        f"{sum(math.isnan(v) for v in vs)} of {len(vs)} seeds (the ratio is inf / inf)"
+                  for cell, vs in cells.items() if any(math.isnan(v) for v in vs)}
     return [Finding("LN_faster_than_bn", cells, f"steps to {target:.0%} test accuracy, LN / BN, per seed (best "
-                    f"rates: LN {best['layer']:g}, BN {best['batch']:g})", fig_path)]
+                    f"rates: LN {best['layer']:g}, BN {best['batch']:g})", fig_path, untestable=untestable)]

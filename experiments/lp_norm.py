@@ -30,11 +30,12 @@ def analyze(ctx: Context) -> list[Finding]:
                                                  for moment in ("mean", "var")}} for arm in ARMS[1:]])
     ctx.write_table("moment_change", table, "Median per-step change of unit moments, ratio to the "
                     f"standard network (lr {lrs[0]:g}, per seed: the median over hidden layers)")
+    minus_bn = lambda arm, lr: score_difference(select(runs, optim__lr=lr), {"norm__name": arm},  # noqa: E731
+                                                {"norm__name": "batch"})
     return [
-        Finding("S8_lp_match", {f"{p}, lr {lr:g}": score_difference(select(runs, optim__lr=lr), {"norm__name": p},
-                                                                   {"norm__name": "batch"})
-                                for p in LP for lr in lrs}, "lp minus BN, final test accuracy, points, per seed",
-                fig_path),
+        Finding("S8_lp_match", {f"{p}, lr {lr:g}": minus_bn(p, lr) for p in LP for lr in lrs},
+                "lp minus BN, final test accuracy, points, per seed; contrast: the standard network minus BN at the "
+                "same rate", fig_path, contrast={f"{p}, lr {lr:g}": minus_bn("none", lr) for p in LP for lr in lrs}),
         Finding("S8_lp_shift", {p: shift[p, "var"] for p in LP},
                 "median per-step variance change, lp / standard, per seed (median over hidden layers)", fig_path),
     ]

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 
 from bnlab import figures, plots, runlog
-from bnlab.analysis import best_lr, done, score_difference, select
+from bnlab.analysis import best_lr, by_seed, done, score_difference
 from bnlab.claims import Context, Finding
 
 ARMS = ("none", "batch", "batch_detached")
@@ -19,19 +19,31 @@ def last_norm(run, column: str) -> float:
     return float(values.iloc[-1]) if len(values) else math.nan
 
 
-def bias_ratios(runs: pd.DataFrame, lr: float) -> list[float]:
-    """Per seed: the detached network's final first-layer bias norm over the un-normalised network's."""
-    at = select(runs, optim__lr=lr)
-    out = []
-    for seed in sorted(set(select(at, norm__name="none").seed) & set(select(at, norm__name="batch_detached").seed)):
-        detached, plain = (last_norm(select(at, norm__name=arm, seed=seed).iloc[0], "bias_norm_L0")
-                           for arm in ("batch_detached", "none"))
-        out.append(detached / plain if plain else math.inf)
-    return out
+def second_half_growth(run, column: str = "bias_norm_L0") -> float:
+    """The norm at the end of training over the norm at mid-training (2 for growth linear in steps from 0, 1 for
+    none): a reading aid for "grows indefinitely", not a claim."""
+    m = runlog.metrics(run.path)
+    if column not in m:
+        return math.nan
+    v = m[["step", column]].dropna()
+    v = v[v[column].apply(math.isfinite)]
+    if not len(v):
+        return math.nan
+    mid = v[v.step >= v.step.max() / 2].iloc[0][column]
+    return float(v[column].iloc[-1] / mid) if mid else math.nan
+
+
+def growth_ratios(runs: pd.DataFrame, plain: pd.DataFrame, lr: float) -> list[float]:
+    """Per seed: the second-half growth of the first-layer bias norm without beta (statistics detached) over the
+    un-normalised network's, at one rate."""
+    detached = by_seed(plain, second_half_growth, optim__lr=lr)
+    none = by_seed(runs, second_half_growth, norm__name="none", optim__lr=lr)
+    return [detached[s] / none[s] if none[s] else math.nan for s in sorted(set(detached) & set(none))]
 
 
 def analyze(ctx: Context) -> list[Finding]:
-    runs = done(ctx.runs)
+    nobeta = ctx.runs["norm.affine"].astype(str) == "False"  # Ioffe's example as written: detached, no gamma, beta
+    runs, plain = done(ctx.runs[~nobeta]), done(ctx.runs[nobeta])
     lrs = sorted(runs["optim.lr"].unique())
     fig, ax = plots.subplots(len(lrs), nrows=2, width=3.2)
     figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0, 1), "3 x 100 sigmoid MLP, MNIST")
@@ -48,9 +60,18 @@ def analyze(ctx: Context) -> list[Finding]:
     gap["each at its best lr"] = score_difference(
         runs, {"norm__name": "batch", "optim__lr": best["batch"]},
         {"norm__name": "batch_detached", "optim__lr": best["batch_detached"]})
+    growth = {(lr, arm): by_seed(runs, second_half_growth, norm__name=arm, optim__lr=lr)
+              for lr in lrs for arm in ("batch_detached", "none")}
     return [
         Finding("OG_blows_up", gap, f"BN minus BN with detached statistics, final test accuracy, points, per seed "
                 f"(best rates: BN {best['batch']:g}, detached {best['batch_detached']:g})", fig_path),
-        Finding("OG_bias_drifts", {f"lr {lr:g}": bias_ratios(runs, lr) for lr in lrs},
-                "first hidden layer's final bias norm, detached statistics / no normalisation, per seed", fig_path),
+        Finding("OG_bias_drifts", {f"lr {lr:g}": growth_ratios(runs, plain, lr) for lr in lrs},
+                "second-half growth of the first hidden layer's bias norm (at the end / at mid-training: 2 for "
+                "growth linear in steps, 1 for none) without gamma or beta, statistics detached, over no "
+                "normalisation's, per seed. Detached without beta, alone: " + "; ".join(
+                    f"lr {lr:g} {plots.values(list(by_seed(plain, second_half_growth, optim__lr=lr).values()))}"
+                    for lr in lrs) + ". With beta learned (the BN arm of the figures), for comparison: " + "; ".join(
+                    f"lr {lr:g} {plots.values(list(growth[lr, 'batch_detached'].values()))}" for lr in lrs)
+                + "; no BN: " + "; ".join(f"lr {lr:g} {plots.values(list(growth[lr, 'none'].values()))}"
+                                         for lr in lrs), fig_path),
     ]

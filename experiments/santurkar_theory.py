@@ -181,6 +181,20 @@ def lemma_check(ctx: Context, run: pd.Series, data, x: torch.Tensor, target: tor
                      ctx.cfg.claims.T5_lemma_4_5.params.loss_match)
 
 
+def lemma_untestable(lemma: pd.DataFrame) -> dict[str, str]:
+    """T5's seeds where the lemma cannot be checked: <W_0, W*> <= 0 (NaN: it says nothing there) or W_hat is not a BN
+    optimum (inf)."""
+    if not len(lemma):
+        return {"": "no unnormalised run to give W*"}
+    why = []
+    if lemma.value.isna().any():
+        why.append(f"<W_0, W*> <= 0 in seeds {lemma.seed[lemma.value.isna()].tolist()}: the lemma does not apply")
+    if np.isinf(lemma.value).any():
+        missed = lemma.seed[np.isinf(lemma.value)].tolist()
+        why.append(f"the BN network at W_hat misses the standard loss in seeds {missed}: W_hat is not an optimum")
+    return {"": "; ".join(why)} if why else {}
+
+
 def draw(per_unit: pd.DataFrame, lemma: pd.DataFrame):
     fig, ax = plots.subplots(4, width=3.2)
     for k, (name, title) in enumerate((("T1", "Thm 4.1: ||grad_y L_hat||^2"), ("T4", "Thm 4.4: ||grad_W L_hat||^2"))):
@@ -243,5 +257,5 @@ def analyze(ctx: Context) -> list[Finding]:
                 "lhs/rhs per seed: " + plots.values(lemma.value) + "; the nearest BN optimum is at a share "
                 + plots.values(lemma.lhs / lemma.plain) + " of ||W_0 - W*||^2; <W_0, W*>: " + plots.values(lemma.inner)
                 + "; BN loss at W_hat vs standard at W*, relative: " + plots.values(lemma.miss)
-                if len(lemma) else "no unnormalised run", fig_path),
+                if len(lemma) else "no unnormalised run", fig_path, untestable=lemma_untestable(lemma)),
     ]

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 
 from bnlab import runlog
 from bnlab.analysis import best_lr, layer_cells, moment_change, ratio, steps_to
-from bnlab.claims import Finding, claim_verdict, replicates, verdict
 from bnlab.config import run_identity
 from bnlab.sweeps import experiment_config, in_sweep, job_identities, job_name, sweep_jobs
 
@@ -54,6 +53,7 @@ def test_best_lr_counts_a_diverged_seed_as_chance(sweep):
 def test_steps_to_target_and_ratios():
     curve = pd.DataFrame({"step": [0, 100, 200], "test_acc": [0.1, 0.8, 0.9]})
     assert steps_to(curve, 0.8) == 100 and math.isinf(steps_to(curve, 0.95))
+    assert steps_to(curve, 0.85) == pytest.approx(150)  # the crossing between two evaluations, not the next evaluation
     assert ratio(100, 400) == 0.25 and ratio(100, math.inf) == 0.0
     assert math.isinf(ratio(math.inf, 100)) and math.isnan(ratio(math.inf, math.inf))
 
@@ -70,48 +70,6 @@ def test_moment_changes_pair_runs_layer_by_layer(tmp_path):
     cells = layer_cells(runs, "lp2", "none", moment_change)
     assert cells == {"layer 1": [pytest.approx(0.02 / 0.3)], "layer 2": [pytest.approx(0.04 / 0.6)]}
     assert layer_cells(runs, "lp2", "none", lambda r: moment_change(r, moment="var")) == {"layer 1": [0.5]}
-
-
-@pytest.mark.parametrize("values, expected", [
-    ([0.2, 0.3, 0.4], "reproduced"),
-    ([0.2, 0.3, 0.7], "inconclusive"),  # a passing median with a failing seed is not a reproduction ...
-    ([0.2, 0.6, 0.7], "inconclusive"),  # ... nor a failing median with a passing seed a refutation
-    ([0.6, 0.7, math.inf], "not reproduced"),  # an infinite value fails like any other
-    ([0.5, 0.5], "reproduced"),  # on the threshold passes
-    ([0.4], "reproduced"),  # a single replicate still gets a verdict (the report flags n < 3)
-    ([], "not measured"),
-    ([math.nan, math.nan], "not measured"),
-    ([math.nan, 0.2], "reproduced"),  # NaN: not measured for that run, not a failure
-])
-def test_verdict_is_symmetric_over_replicates(values, expected):
-    assert verdict(values, 0.5, "le") == expected
-
-
-def test_verdict_direction_and_ties():
-    assert verdict([1.0, 2.0], 1.0, "ge") == "reproduced"
-    assert verdict([0.5, 1.0, 2.0], 1.0, "le") == "inconclusive"
-    assert verdict([0.9995, 0.8], 1.0, "le", tie=0.001) == "inconclusive"  # 0.9995 is on the plateau: a tie
-    assert verdict([0.998, 0.8], 1.0, "le", tie=0.001) == "reproduced"
-    assert verdict([1.0005, 1.2], 1.0, "le", tie=0.001) == "inconclusive"
-
-
-@pytest.mark.parametrize("cells, rule, expected", [
-    ({"a": [1, 2], "b": [3, 4]}, "all", ("reproduced", "2 of 2 cells")),
-    ({"a": [1, 2], "b": [0, 4]}, "all", ("partly", "1 of 2 cells")),  # b is inconclusive
-    ({"a": [1, 2], "b": [0, 0]}, "1", ("reproduced", "1 of 2 cells")),  # at least 1 cell, declared
-    ({"a": [0, 0], "b": [0, 0.5]}, "all", ("not reproduced", "0 of 2 cells")),
-    ({"a": [0, 2], "b": [0, 0.5]}, "all", ("inconclusive", "0 of 2 cells")),
-    ({"a": [1, 2], "b": []}, "all", ("reproduced", "1 of 1 cells")),  # a cell without values is not measured
-    ({"a": [], "b": [math.nan]}, "all", ("not measured", "")),
-])
-def test_cells_combine_by_the_declared_rule(cells, rule, expected):
-    assert claim_verdict(Finding("x", cells), 1.0, "ge", rule) == expected
-
-
-def test_a_single_cell_claim_has_no_cell_count_and_replicates_count_the_smallest_cell():
-    assert claim_verdict(Finding("x", [2.0, 3.0]), 1.0, "ge") == ("reproduced", "")
-    assert replicates(Finding("x", {"a": [1, 2, 3], "b": [1, math.nan]})) == 1
-    assert replicates(Finding("x", {"a": [1, 2, 3], "b": []})) == 3  # a cell never measured is not a replicate
 
 
 def test_sweep_jobs_expand_as_hydra_and_name_run_directories():

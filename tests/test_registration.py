@@ -1,0 +1,95 @@
+"""The registration check on a small git history and a small table of confirmatory runs: it holds for runs trained
+at or after the freeze with the frozen criteria, and fails when a criterion or a chosen rate changes after the
+freeze, when a run predates it, or when a confirmatory seed is one an exploratory run used."""
+
+import copy
+import functools
+import subprocess
+
+import pandas as pd
+import pytest
+
+from bnlab.registration import at_or_after, check, differences, freeze_commit, registration
+from bnlab.sweeps import experiment_config
+
+
+def commit(repo, message: str) -> str:
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-am", message], cwd=repo, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def history(tmp_path):
+    """before -> freeze (adds the registration file) -> after; the frozen record of fig1's claims."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "user.email", "t@t"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "user.name", "t"], cwd=repo, check=True)
+    (repo / "README").write_text("x")
+    subprocess.run(["git", "add", "README"], cwd=repo, check=True)
+    before = commit(repo, "before")
+    (repo / "registration.json").write_text("{}")
+    subprocess.run(["git", "add", "registration.json"], cwd=repo, check=True)
+    freeze = commit(repo, "freeze")
+    after = commit(repo, "after")
+    frozen = registration({"fig1": experiment_config("fig1", "cpu")}, {"fig1": {"sel": [["none", 0.5]]}})
+    assert freeze_commit(repo / "registration.json", repo) == freeze
+    return {"repo": repo, "before": before, "freeze": freeze, "after": after, "frozen": frozen}
+
+
+def runs(*rows) -> pd.DataFrame:
+    return pd.DataFrame([{"git_sha": sha, "seed": seed} for sha, seed in rows])
+
+
+def test_runs_after_the_freeze_with_the_frozen_criteria_pass(history):
+    after = functools.partial(at_or_after, repo=history["repo"])
+    table = runs((history["freeze"], 100), (history["after"], 101))
+    assert check(history["frozen"], copy.deepcopy(history["frozen"]), table, history["freeze"], {0, 1, 2},
+                 after) == []
+
+
+def test_a_criterion_changed_after_the_freeze_fails_the_check(history):
+    after = functools.partial(at_or_after, repo=history["repo"])
+    now = copy.deepcopy(history["frozen"])
+    now["criteria"]["fig1"]["I1_faster"]["resolution"] *= 2
+    now["rates"]["fig1"]["sel"] = [["none", 2.0]]
+    problems = check(history["frozen"], now, runs((history["after"], 100)), history["freeze"], {0}, after)
+    assert len(problems) == 2
+    assert problems[0].startswith("changed after the freeze: criteria.fig1.I1_faster.resolution")
+    assert "rates.fig1.sel" in problems[1]
+
+
+def test_runs_before_the_freeze_and_reused_seeds_fail_the_check(history):
+    after = functools.partial(at_or_after, repo=history["repo"])
+    table = runs((history["before"], 100), (history["after"], 2))
+    problems = check(history["frozen"], history["frozen"], table, history["freeze"], {0, 1, 2}, after)
+    assert problems == [f"1 confirmatory runs trained at {history['before'][:10]}, not at or after the freeze",
+                        "confirmatory runs on seeds an exploratory run used: [2]"]
+    assert check(None, history["frozen"], table, None, set()) == ["no committed registration: criteria were never "
+                                                                  "frozen"]
+
+
+def test_differences_name_every_changed_path():
+    assert differences({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3, "d": 4}}) == \
+        ["a.c: 2 -> 3", "a.d: (absent) -> 4"]
+
+
+def test_the_confirmatory_seeds_get_the_rates_the_exploratory_seeds_chose():
+    """best_lr records its choice on the exploratory runs; within the frozen rates it returns that choice on runs
+    whose own best rate differs, and a choice never frozen is refused."""
+    from bnlab.analysis import RateNotFrozen, best_lr, chosen_rates
+
+    def runs_at(best: float, seeds) -> pd.DataFrame:
+        return pd.DataFrame([{"norm.name": "batch", "optim.lr": lr, "seed": s, "status": "finished",
+                              "final_test_acc": 0.9 if lr == best else 0.5, "model.width": 100}
+                             for lr in (0.1, 1.0) for s in seeds])
+
+    record: dict = {}
+    with chosen_rates(record=record):
+        assert best_lr(runs_at(0.1, range(3)), "norm.name") == {"batch": 0.1}
+    with chosen_rates(frozen=record):
+        assert best_lr(runs_at(1.0, range(100, 105)), "norm.name") == {"batch": 0.1}  # not its own best, 1.0
+        with pytest.raises(RateNotFrozen):
+            best_lr(runs_at(1.0, range(100, 105)).assign(**{"model.width": 200}), "norm.name")
+    assert best_lr(runs_at(1.0, range(100, 105)), "norm.name") == {"batch": 1.0}  # outside: chosen on the runs
