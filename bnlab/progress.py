@@ -11,14 +11,18 @@ import argparse
 import time
 from pathlib import Path
 
+from bnlab.registration import confirmatory_overrides, load
 from bnlab.sweeps import experiment_names, runs_root, sweep_jobs
 
 
 def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, int]:
-    """Where the scale's runs go and how many jobs all experiments' sweeps have."""
-    names = experiment_names()
+    """Where the scale's runs go and how many jobs all experiments' sweeps have (a confirmatory sweep: its first
+    seeds, at the frozen rates where the experiment trains only those)."""
     stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "exploratory")
-    return runs_root(scale, stage, overrides), sum(len(sweep_jobs(name, scale, overrides)[0]) for name in names)
+    frozen = load(scale) if stage == "confirmatory" else None
+    jobs = [sweep_jobs(name, scale, [*overrides, *confirmatory_overrides(name, scale, frozen)])[0]
+            for name in experiment_names()]
+    return runs_root(scale, stage, overrides), sum(len(j) for j in jobs)
 
 
 def done(root: Path) -> int:
