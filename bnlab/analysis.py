@@ -60,8 +60,8 @@ def frozen_choice(key: str, choose):
     """What `choose()` picks on the exploratory runs (recorded under `key`), or, within
     `chosen_rates(frozen=...)`, what it picked there: a choice the confirmatory seeds never make."""
     if _rates["frozen"] is not None:
-        if key not in _rates["frozen"]:
-            raise RateNotFrozen(f"no choice was frozen for {key}")
+        if key not in _rates["frozen"]:  # the selection differs from every exploratory one: name the arm only
+            raise RateNotFrozen(f"no choice for {', '.join(json.loads(key)[0])} among these runs")
         return _rates["frozen"][key]
     value = choose()
     if _rates["record"] is not None:

@@ -93,3 +93,26 @@ def test_the_confirmatory_seeds_get_the_rates_the_exploratory_seeds_chose():
         with pytest.raises(RateNotFrozen):
             best_lr(runs_at(1.0, range(100, 105)).assign(**{"model.width": 200}), "norm.name")
     assert best_lr(runs_at(1.0, range(100, 105)), "norm.name") == {"batch": 1.0}  # outside: chosen on the runs
+
+
+@pytest.mark.slow
+def test_a_confirmatory_sweep_trains_fresh_seeds_apart_and_chooses_nothing_itself(data_root, tmp_path):
+    """stage=confirmatory trains seeds 100-104 under <out_root>/confirmatory/<scale>; with no registration for the
+    scale, the report says so at its top and a claim that needs a best rate is not testable (the confirmatory
+    seeds never choose their own rate)."""
+    import json
+
+    from tests.conftest import run_cli
+
+    common = [f"data.root={data_root}", "data.download=false", "data.verify=false", f"out_root={tmp_path / 'runs'}"]
+    r = run_cli(["bnlab.train", "experiment=gamma_beta", "scale=smoke", "stage=confirmatory", "hydra/launcher=basic",
+                 *common])
+    assert r.returncode == 0, r.stderr[-2000:]
+    summaries = list((tmp_path / "runs" / "confirmatory" / "smoke" / "gamma_beta").glob("*/summary.json"))
+    assert {json.loads(p.read_text())["seed"] for p in summaries} == set(range(100, 105))
+    assert not (tmp_path / "runs" / "smoke").exists()
+    report = run_cli(["bnlab.report", "--scale", "smoke", "--out-dir", str(tmp_path / "report"), *common])
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "- no committed registration: criteria were never frozen" in text
+    assert "not testable: its best rate was not frozen ('no choice for norm.affine among these runs')" in text
