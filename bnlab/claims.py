@@ -174,6 +174,13 @@ def side(low: float, high: float, bound: float, direction: str) -> str:
     return "reproduced" if above == (direction == "ge") else "not reproduced"
 
 
+def failing_side(v: float, c: Criterion) -> bool:
+    """Is a replicate with no finite value (a run that never reached its target: infinite steps; a ratio of 0) past
+    the claim's threshold on the failing side?"""
+    return (v == math.inf and c.direction == "le") or ((v == -math.inf or (c.effect == "ratio" and v == 0))
+                                                       and c.direction == "ge")
+
+
 def unmeasurable(values: list[float], c: Criterion) -> str:
     """Why these replicates give no interval ('' if they do)."""
     bad = [v for v in values if v is None or not math.isfinite(v) or (c.effect == "ratio" and v <= 0)]
@@ -183,6 +190,9 @@ def unmeasurable(values: list[float], c: Criterion) -> str:
 
 
 def judge_cell(values: list[float], c: Criterion, why: str = "") -> Cell:
+    if not why and len(values) >= 2 and all(failing_side(v, c) for v in values):  # every seed censored past it
+        direction = None if c.no_effect is None else "not reproduced"
+        return Cell("not reproduced", direction, len(values), values[0], values[0], values[0])
     why = why or unmeasurable(values, c)
     if why:
         return Cell("not testable", None if c.no_effect is None else "not testable", len(values), why=why)
@@ -191,6 +201,16 @@ def judge_cell(values: list[float], c: Criterion, why: str = "") -> Cell:
     direction = None if c.no_effect is None else side(low, high, c.scaled(c.no_effect), c.direction)
     return Cell(side(low, high, c.scaled(c.threshold), c.direction), direction, len(values),
                 back(mean), back(low), back(high))
+
+
+def two_stage(first: Cell, both: Cell | None) -> Cell:
+    """The first seeds' verdicts, each (magnitude and direction apart) replaced by the verdict on all seeds only
+    where it was inconclusive; the interval shown is the one the magnitude verdict read."""
+    if both is None:
+        return first
+    magnitude = both if first.verdict == "inconclusive" else first
+    direction = both.direction if first.direction == "inconclusive" else first.direction
+    return replace(magnitude, direction=direction)
 
 
 def combine(verdicts: list[str], rule: str = "all") -> str:
@@ -216,27 +236,42 @@ class Judgement:
     verdict: str  # magnitude (the threshold), over cells by the declared rule
     direction: str | None  # against the null, over cells by the same rule; None where the claim has none
     cells: dict[str, Cell]
-    why: str = ""  # why the claim as a whole is not testable
 
 
 def judge(finding: "Finding", c: Criterion, more: "Finding | None" = None) -> Judgement:
-    """A claim's verdicts. `more`: the same claim measured on the first seeds and the extra ones together; a cell
-    inconclusive on `finding` is judged on it instead (the two-stage rule of the confirmatory runs)."""
+    """A claim's verdicts. `more`: the same claim measured on the first seeds and the extra ones together, which
+    decides what the first seeds left inconclusive (the two-stage rule of the confirmatory runs)."""
     cells = {}
     for cell, values in finding.cells().items():
-        cells[cell] = judge_cell(values, c, finding.untestable.get(cell, ""))
-        if more is not None and cells[cell].verdict == "inconclusive" and cell in more.cells():
-            cells[cell] = judge_cell(more.cells()[cell], c, more.untestable.get(cell, ""))
+        first = judge_cell(values, c, finding.untestable.get(cell, ""))
+        both = judge_cell(more.cells()[cell], c, more.untestable.get(cell, "")) \
+            if more is not None and cell in more.cells() else None
+        cells[cell] = two_stage(first, both)
     for cell, why in finding.untestable.items():
         cells.setdefault(cell, judge_cell([], c, why))
+    if c.contrast:
+        cells = contrasted(cells, finding, c, more)
     verdict = combine([x.verdict for x in cells.values()], c.cells)
     direction = None if c.no_effect is None else combine([x.direction for x in cells.values()], c.cells)
-    if c.contrast and verdict != "not testable":
-        contrast = judge(Finding(finding.claim, finding.contrast or []), replace(c, contrast=False))
-        if contrast.verdict != "not reproduced":
-            why = f"the contrast arm reads {contrast.verdict} under the same criterion: it does not discriminate"
-            return Judgement("not testable", None if c.no_effect is None else "not testable", cells, why)
     return Judgement(verdict, direction, cells)
+
+
+def contrasted(cells: dict[str, Cell], finding: "Finding", c: Criterion, more: "Finding | None") -> dict[str, Cell]:
+    """An "alike" claim's cells, each not testable where the contrast arm's same cell does not fail the same
+    criterion (it does not discriminate there); a cell that fails plainly stays as it is."""
+    plain = replace(c, contrast=False)
+    theirs = judge(Finding(finding.claim, finding.contrast or []), plain,
+                   None if more is None else Finding(finding.claim, more.contrast or []))
+    out = {}
+    for cell, mine in cells.items():
+        other = theirs.cells.get(cell, theirs.cells.get(""))
+        if mine.verdict in ("reproduced", "inconclusive") and (other is None or other.verdict != "not reproduced"):
+            why = f"the contrast arm reads {other.verdict if other else 'nothing'} under the same criterion: " \
+                  "it does not discriminate"
+            mine = replace(mine, verdict="not testable", direction=None if c.no_effect is None else "not testable",
+                           why=why)
+        out[cell] = mine
+    return out
 
 
 def replicates(finding: "Finding") -> int:

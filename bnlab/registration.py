@@ -56,9 +56,17 @@ def freeze_commit(path: Path, repo: Path = REPO_ROOT) -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def at_or_after(commit: str, freeze: str, repo: Path = REPO_ROOT) -> bool:
-    """Is `commit` the freeze commit or a descendant of it?"""
-    return git("merge-base", "--is-ancestor", freeze, commit, repo=repo).returncode == 0
+def at_or_after(commit: str, freeze: str, repo: Path = REPO_ROOT) -> bool | None:
+    """Is `commit` the freeze commit or a descendant of it? None: git cannot tell (a commit it does not know, as
+    in a shallow clone)."""
+    rc = git("merge-base", "--is-ancestor", freeze, commit, repo=repo).returncode
+    return True if rc == 0 else False if rc == 1 else None
+
+
+def committed(path: Path, commit: str, repo: Path = REPO_ROOT) -> dict | None:
+    """The registration as the freeze commit holds it (None: git cannot show it)."""
+    out = git("show", f"{commit}:{path.relative_to(repo)}", repo=repo)
+    return json.loads(out.stdout) if out.returncode == 0 else None
 
 
 def differences(frozen: dict, now: dict, where: str = "") -> list[str]:
@@ -78,9 +86,14 @@ def check(frozen: dict | None, now: dict, runs: pd.DataFrame, freeze: str | None
         return ["no committed registration: criteria were never frozen"]
     problems = [f"changed after the freeze: {d}" for d in differences(frozen, now)]
     if len(runs):
-        early = sorted({sha for sha in runs.git_sha.astype(str) if not after(sha, freeze)})
-        problems += [f"{int((runs.git_sha.astype(str) == sha).sum())} confirmatory runs trained at {sha[:10]}, "
-                     f"not at or after the freeze" for sha in early]
+        shas = runs.git_sha.astype(str)
+        verdict = {sha: after(sha, freeze) for sha in sorted(set(shas))}
+        problems += [f"{int((shas == sha).sum())} confirmatory runs trained at {sha[:10]}, "
+                     + ("not at or after the freeze" if ok is False else "which git cannot place against the freeze")
+                     for sha, ok in verdict.items() if not ok]
+        dirty = runs.git_dirty.astype(str) == "True" if "git_dirty" in runs else pd.Series(False, index=runs.index)
+        problems += [f"{int(dirty.sum())} confirmatory runs trained from a working tree that differed from their "
+                     "commit"] if dirty.any() else []
         reused = sorted(set(runs.seed.astype(int)) & exploratory_seeds)
         problems += [f"confirmatory runs on seeds an exploratory run used: {reused}"] if reused else []
     return problems

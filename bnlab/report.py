@@ -13,7 +13,7 @@ import importlib
 import math
 import tempfile
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -38,6 +38,7 @@ from bnlab.config import REPO_ROOT
 from bnlab.registration import (
     CONFIRMATORY_SEEDS,
     check,
+    committed,
     confirmatory_overrides,
     freeze_commit,
     load,
@@ -48,6 +49,7 @@ from bnlab.runlog import DONE, atomic_write_text
 from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, runs_root, sweep_jobs
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
+FAILED = "the analysis failed"
 
 
 def tally(rows: list[dict], stage: str = "confirmatory") -> str:
@@ -58,8 +60,10 @@ def tally(rows: list[dict], stage: str = "confirmatory") -> str:
         values = [r[key] for r in claims if r.get(key)]
         return ", ".join(f"{n} {v}" for v in VERDICTS if (n := values.count(v))) or "none"
 
-    return (f"{len(claims)} empirical claims; magnitude: {counts(f'{stage} magnitude')}; direction ("
-            f"{sum(bool(r.get(f'{stage} direction')) for r in claims)} claims with a null): "
+    papers = sum(r["paper effect"] != "—" for r in claims)
+    return (f"{len(claims)} empirical claims; magnitude ({papers} against half the paper's effect, "
+            f"{len(claims) - papers} against a declared threshold): {counts(f'{stage} magnitude')}; direction ("
+            f"{sum(bool(r.get(f'{stage} direction')) for r in claims)} claims with a no-effect value): "
             f"{counts(f'{stage} direction')}")
 
 
@@ -136,7 +140,7 @@ def analyse(name: str, cfg: DictConfig, runs: pd.DataFrame, out_dir: Path, froze
                 for cid in cfg.claims}, ctx
     except Exception as e:  # one broken analysis must not hide the other experiments' verdicts
         traceback.print_exc()
-        why = f"the analysis failed ({type(e).__name__}: {e}; traceback on stderr)"
+        why = f"{FAILED} ({type(e).__name__}: {e}; traceback on stderr)"
         return {cid: Finding(cid, [], untestable={"": why}) for cid in cfg.claims}, ctx
     return {f.claim: f for f in findings}, ctx
 
@@ -152,6 +156,7 @@ class Stage:
     runs: list = field(default_factory=list)
     sections: dict = field(default_factory=dict)
     rates: dict = field(default_factory=dict)
+    failed: list = field(default_factory=list)  # experiments whose analysis raised
 
 
 @dataclass
@@ -202,6 +207,8 @@ def run_stage(stage: Stage, configs: dict, scale: str, root: Path, out_dir: Path
         if frozen is not None and len(first) < len(runs):  # the extra seeds of the inconclusive cells
             stage.more[name], _ = analyse(name, cfg, runs, Path(tempfile.mkdtemp()), frozen)
         stage.rates[name] = record
+        if any(f.untestable.get("", "").startswith(FAILED) for f in stage.findings[name].values()):
+            stage.failed.append(name)
         figures = [f"![{f.name}]({f.with_suffix('.png').relative_to(out_dir)})" if i == 0 else
                    f"Figure: [{f.name}]({f.with_suffix('.png').relative_to(out_dir)})"
                    for i, f in enumerate(dict.fromkeys(ctx.figures))]
@@ -215,7 +222,9 @@ def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures
     configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
     roots = {s: runs_root(scale, s, overrides) for s in ("exploratory", "confirmatory")}
     has_confirmatory = any(roots["confirmatory"].glob("*/*/config.yaml"))
-    frozen, freeze = load(scale), freeze_commit(registration_path(scale))
+    path = registration_path(scale)
+    freeze = freeze_commit(path)
+    frozen = committed(path, freeze) if freeze else None  # as committed: an edit since is no registration
     exploratory, confirmatory = Stage("exploratory"), Stage("confirmatory")
     scratch = Path(tempfile.mkdtemp())
     run_stage(exploratory, configs, scale, roots["exploratory"],
@@ -228,8 +237,22 @@ def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures
     now = registration(configs, exploratory.rates)
     runs = pd.concat(confirmatory.runs) if confirmatory.runs else pd.DataFrame()
     seeds = {int(s) for r in exploratory.runs for s in r.seed}
-    return Stages(configs, exploratory, confirmatory, now, frozen, freeze,
-                  check(frozen, now, runs, freeze, seeds))
+    problems = check(frozen, now, runs, freeze, seeds)
+    if frozen is not None and load(scale) != frozen:
+        problems.append(f"{path.name} differs from its committed version at {freeze[:10]}")
+    problems += second_stage_missing(configs, confirmatory, frozen)
+    return Stages(configs, exploratory, confirmatory, now, frozen, freeze, problems)
+
+
+def second_stage_missing(configs: dict, confirmatory: Stage, frozen: dict | None) -> list[str]:
+    """Experiments with a verdict left inconclusive on the first seeds whose extra seeds were never trained."""
+    stub = Stages(configs, Stage("exploratory"), confirmatory, {}, frozen, None, [])
+    missing = [name for name, findings in confirmatory.findings.items() if name not in confirmatory.more and any(
+        "inconclusive" in (cell.verdict, cell.direction) for cid, claim in configs[name].claims.items()
+        if cid in findings for cell in undecided_cells(findings[cid], frozen_criterion(stub, name, cid,
+                                                                                       Criterion.of(claim))))]
+    return [f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} not trained for experiments with an "
+            f"undecided cell: {', '.join(missing)}"] if missing else []
 
 
 def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame,
@@ -259,9 +282,16 @@ def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
     """The experiments that need the second confirmatory stage: a claim with a cell inconclusive on its first
     seeds."""
     stages = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False)
-    return [name for name, findings in stages.confirmatory.findings.items()
-            if any(cell.verdict == "inconclusive" for cid, claim in stages.configs[name].claims.items()
-                   if cid in findings for cell in judge(findings[cid], Criterion.of(claim)).cells.values())]
+    missing = [p for p in stages.problems if p.startswith(f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-")]
+    return missing[0].split(": ", 1)[1].split(", ") if missing else []
+
+
+def undecided_cells(finding: Finding, c: Criterion) -> list[Cell]:
+    """A claim's cells on its first seeds, and its contrast arm's: what the second stage may decide."""
+    cells = list(judge(finding, replace(c, contrast=False)).cells.values())
+    if c.contrast:
+        cells += judge(Finding(finding.claim, finding.contrast or []), replace(c, contrast=False)).cells.values()
+    return cells
 
 
 def number(v: float) -> str:
@@ -283,19 +313,26 @@ def judged(stages: Stages, stage: str, name: str, claim_id: str, c: Criterion) -
     return judge(f, c, s.more.get(name, {}).get(claim_id))
 
 
+def frozen_criterion(stages: Stages, experiment: str, claim_id: str, c: Criterion) -> Criterion:
+    """The criterion the confirmatory runs are judged by: the frozen one (a criterion changed since is listed among
+    the registration's problems, never used)."""
+    frozen = ((stages.frozen or {}).get("criteria", {}).get(experiment, {}).get(claim_id))
+    return Criterion(**{k: frozen[k] for k in vars(c)}) if frozen else c
+
+
 def claim_row(experiment: str, claim_id: str, claim: DictConfig, stages: Stages) -> dict:
     c = Criterion.of(claim)
     row = {"id": claim_id, "experiment": experiment, "kind": str(claim.kind), "source": claim.source,
            "setup": claim.setup, "criterion": criterion(c),
            "paper effect": "—" if claim.paper_effect is None else f"{claim.paper_effect:g} ({claim.paper_ref})"}
     for stage in ("exploratory", "confirmatory"):
-        j = judged(stages, stage, experiment, claim_id, c)
+        j = judged(stages, stage, experiment, claim_id,
+                   frozen_criterion(stages, experiment, claim_id, c) if stage == "confirmatory" else c)
         row[f"{stage} judgement"] = j
         row[f"{stage} magnitude"] = j.verdict if j else ""
         row[f"{stage} direction"] = (j.direction or "") if j else ""
         row[f"{stage} measured"] = "" if j is None else (
-            f"not testable: {j.why}" if j.why else shown(next(iter(j.cells.values()))) if len(j.cells) == 1
-            else holds_in(j.cells))
+            shown(next(iter(j.cells.values()))) if len(j.cells) == 1 else holds_in(j.cells))
     both = row["confirmatory magnitude"] and row["exploratory magnitude"]
     row["differs"] = bool(both) and (row["confirmatory magnitude"], row["confirmatory direction"]) != (
         row["exploratory magnitude"], row["exploratory direction"])
@@ -307,10 +344,11 @@ def claim_row(experiment: str, claim_id: str, claim: DictConfig, stages: Stages)
 
 
 def criterion(c: Criterion) -> str:
-    """'≥ 0.5 (ratio, δ 0.1; no effect 1; cells: all)'."""
+    """'≥ 0.5 (ratio, δ ×1.11; no effect 1; cells: all)': a ratio's resolution as the factor it allows."""
     side = "≥" if c.direction == "ge" else "≤"
     null = "" if c.no_effect is None else f"; no effect {c.no_effect:g}"
-    return f"{side} {c.threshold:.3g} ({c.effect}, δ {c.resolution:g}{null}; cells: {c.cells})"
+    delta = f"δ ×{math.exp(c.resolution):.3g}" if c.effect == "ratio" else f"δ {c.resolution:g}"
+    return f"{side} {c.threshold:.3g} ({c.effect}, {delta}{null}; cells: {c.cells})"
 
 
 def claim_section(row: dict, claim: DictConfig, stages: Stages, name: str) -> str:
@@ -327,8 +365,6 @@ def claim_section(row: dict, claim: DictConfig, stages: Stages, name: str) -> st
         j = row[f"{stage} judgement"]
         if j is None:
             continue
-        if j.why:
-            text.append(f"{stage.capitalize()}: not testable as built: {j.why}.")
         cells += [{"stage": stage, "cell": cell or "(one)", "mean [low, high] (n)": shown(x), "magnitude": x.verdict,
                    "direction": x.direction or "—"} for cell, x in j.cells.items()]
     if cells:
@@ -369,6 +405,7 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> 
     table = lambda rs: markdown(pd.DataFrame(rs)[list(cols)].rename(columns=cols)) if rs else "(none)"  # noqa: E731
     differ = [r for r in claims if r["differs"]]
     amended = [r for r in rows if r.get("amended")]
+    failed = [f"{stage.name}: {name}" for stage in (stages.exploratory, stages.confirmatory) for name in stage.failed]
     problems = "\n".join(f"- {p}" for p in stages.problems)
     text = [f"# bnlab report (scale `{scale}`)",
             f"Generated by `python -m bnlab.report --scale {scale}` from the run directories under "
@@ -381,6 +418,8 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> 
             f"**Confirmatory (fresh seeds {CONFIRMATORY_SEEDS[0]}-{CONFIRMATORY_SEEDS[FIRST_SEEDS - 1]}, "
             f"{CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} for inconclusive cells): "
             f"{tally(rows, 'confirmatory')}.**",
+            *([f"**Analyses that failed** (their claims read not testable; tracebacks on stderr): "
+               f"{', '.join(failed)}."] if failed else []),
             f"Exploratory (each experiment's own seeds, which designed the criteria; same criteria): "
             f"{tally(rows, 'exploratory')}; {len(differ)} claims differ between the stages.",
             "How a verdict is reached: [docs/method.md](../docs/method.md). Per cell, the mean effect over seeds "
@@ -451,7 +490,9 @@ def main() -> None:
     stale = int((runs.stale | ~runs.in_sweep).sum()) if len(runs) else 0
     if args.wandb != "disabled":
         log_artifact(out_dir, args.scale, args.wandb)
+    failed = [n for stage in (stages.exploratory, stages.confirmatory) for n in stage.failed]
     print(f"[bnlab] confirmatory: {tally(rows)}\n[bnlab] exploratory: {tally(rows, 'exploratory')}\n"
+          + (f"[bnlab] ANALYSES FAILED: {', '.join(failed)} (tracebacks above)\n" if failed else "")
           + "".join(f"[bnlab] registration: {p}\n" for p in stages.problems)
           + f"[bnlab] {failed} failed or incomplete runs, {stale} left out (stale or outside the sweep); "
           f"wrote {out_dir / 'REPORT.md'}")

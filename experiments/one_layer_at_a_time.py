@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from bnlab import plots, runlog
-from bnlab.analysis import by_seed, done, paired, ratio, select, steps_to
+from bnlab.analysis import by_seed, done, frozen_choice, paired, ratio, select, selection, steps_to
 from bnlab.claims import Context, Finding
 
 RULES = ("round_robin", "largest_grad")
@@ -26,15 +26,20 @@ def time_to(curve: pd.DataFrame, target: float) -> float:
 
 
 def fastest_lr(runs: pd.DataFrame, norm: str, block: str, target: float) -> float:
-    """The rate with the lowest median steps to target over seeds (ties to the smaller rate)."""
-    best, best_steps = math.nan, math.inf
-    for lr in sorted(select(runs, norm__name=norm, optim__block=block)["optim.lr"].unique()):
-        steps = by_seed(runs, lambda r: steps_to(runlog.metrics(r.path), target), norm__name=norm,
-                        optim__block=block, optim__lr=lr).values()
-        median = float(np.median(list(steps))) if steps else math.inf
-        if math.isnan(best) or median < best_steps:
-            best, best_steps = lr, median
-    return best
+    """The rate with the lowest median steps to target over seeds (ties to the smaller rate), chosen on the
+    exploratory seeds (`frozen_choice`)."""
+
+    def choose() -> float:
+        best, best_steps = math.nan, math.inf
+        for lr in sorted(select(runs, norm__name=norm, optim__block=block)["optim.lr"].unique()):
+            steps = by_seed(runs, lambda r: steps_to(runlog.metrics(r.path), target), norm__name=norm,
+                            optim__block=block, optim__lr=lr).values()
+            median = float(np.median(list(steps))) if steps else math.inf
+            if math.isnan(best) or median < best_steps:
+                best, best_steps = lr, median
+        return float(best)
+
+    return frozen_choice(selection(runs, [f"fastest rate of {norm}, {block}"]), choose)
 
 
 def compared(runs: pd.DataFrame, fn, arm: dict, reference: dict, combine=ratio) -> list[float]:

@@ -135,3 +135,29 @@ def test_every_claim_declares_a_criterion_that_can_fail_and_pass():
             if claim.paper_effect is not None:  # the threshold lies between no effect and the paper's effect
                 lo, hi = sorted([claim.no_effect, claim.paper_effect])
                 assert lo < c.threshold < hi, (name, claim_id)
+
+
+def test_seeds_that_all_never_reach_the_target_fail_rather_than_vanish():
+    """Infinitely many steps in every seed is past any `le` threshold: not reproduced, not untestable; one such
+    seed among finite ones leaves the cell not testable (no interval)."""
+    c = Criterion(1.36, "le", 0.05, effect="ratio")
+    assert judge_cell([math.inf] * 5, c).verdict == "not reproduced"
+    assert judge_cell([math.inf, 1.0, 1.1, 0.9, 1.0], c).verdict == "not testable"
+
+
+def test_a_contrast_only_judges_the_cells_where_the_claim_does_not_fail_plainly():
+    c = Criterion(3.0, "le", 0.1, contrast=True)
+    ln = {"a": [0.5, 1.0, 0.8, 0.2, 0.6], "b": [9.0, 9.5, 10.0, 9.2, 9.9]}
+    contrast = {"a": [2.4, 2.9, 2.6, 2.5, 2.8], "b": [9.0, 11.0, 10.0, 12.0, 9.5]}
+    j = judge(Finding("x", ln, contrast=contrast), c)
+    assert j.cells["a"].verdict == "not testable" and "does not discriminate" in j.cells["a"].why
+    assert j.cells["b"].verdict == "not reproduced"  # fails plainly whatever the contrast does
+    assert j.verdict == "not reproduced"
+
+
+def test_direction_and_magnitude_each_take_the_second_stage_only_where_they_were_inconclusive():
+    c = Criterion(5.0, "ge", 0.01, no_effect=0.0)
+    first = Finding("x", [0.3, -0.1, 0.4, 0.2, 0.0])  # magnitude: clearly below 5; direction: straddles 0
+    more = Finding("x", [0.3, -0.1, 0.4, 0.2, 0.0, 0.3, 0.25, 0.2, 0.35, 0.3])
+    cell = judge(first, c, more).cells[""]
+    assert (cell.verdict, cell.direction, cell.n) == ("not reproduced", "reproduced", 5)
