@@ -91,9 +91,6 @@ def check(frozen: dict | None, now: dict, runs: pd.DataFrame, freeze: str | None
         problems += [f"{int((shas == sha).sum())} confirmatory runs trained at {sha[:10]}, "
                      + ("not at or after the freeze" if ok is False else "which git cannot place against the freeze")
                      for sha, ok in verdict.items() if not ok]
-        dirty = runs.git_dirty.astype(str) == "True" if "git_dirty" in runs else pd.Series(False, index=runs.index)
-        problems += [f"{int(dirty.sum())} confirmatory runs trained from a working tree that differed from their "
-                     "commit"] if dirty.any() else []
         reused = sorted(set(runs.seed.astype(int)) & exploratory_seeds)
         problems += [f"confirmatory runs on seeds an exploratory run used: {reused}"] if reused else []
     return problems
