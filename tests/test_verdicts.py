@@ -161,3 +161,15 @@ def test_direction_and_magnitude_each_take_the_second_stage_only_where_they_were
     more = Finding("x", [0.3, -0.1, 0.4, 0.2, 0.0, 0.3, 0.25, 0.2, 0.35, 0.3])
     cell = judge(first, c, more).cells[""]
     assert (cell.verdict, cell.direction, cell.n) == ("not reproduced", "reproduced", 5)
+
+
+def test_the_chance_rate_is_the_rate_of_the_rule_itself():
+    """claims.chance_rate simulates the two-stage rule in bulk; judge(), the code the report runs, reads null cells
+    reproduced as often (within simulation error)."""
+    rng = np.random.default_rng(7)
+    c = Criterion(0.0, "ge", 1e-9, no_effect=0.0)
+    hits = []
+    for _ in range(3000):
+        x = list(rng.standard_normal(10))
+        hits.append(judge(Finding("x", x[:5]), c, Finding("x", x)).verdict == "reproduced")
+    assert abs(np.mean(hits) - chance_rate(trials=100_000)) < 0.012
