@@ -11,6 +11,7 @@ sanity checks (`kind: check`) apart, and lists every amended criterion beside it
 import argparse
 import importlib
 import math
+import re
 import tempfile
 import traceback
 from dataclasses import dataclass, field, replace
@@ -279,11 +280,16 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
 
 
 def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
-    """The experiments that need the second confirmatory stage: a claim with a cell inconclusive on its first
-    seeds."""
+    """The experiments that need the second confirmatory stage (a claim with a cell inconclusive on its first
+    seeds), cheapest first by their last logged sweep time, so that an interrupted second stage has finished the
+    most experiments."""
     stages = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False)
     missing = [p for p in stages.problems if p.startswith(f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-")]
-    return missing[0].split(": ", 1)[1].split(", ") if missing else []
+    names = missing[0].split(": ", 1)[1].split(", ") if missing else []
+    log = REPO_ROOT / "results" / f"timing_{scale}.log"
+    seconds = dict(m.groups() for line in (log.read_text().splitlines() if log.is_file() else [])
+                   if (m := re.match(r"^\[bnlab\] (\w+): (\d+) s$", line)))  # the last time of each sweep
+    return sorted(names, key=lambda n: int(seconds.get(n, 10**9)))
 
 
 def undecided_cells(finding: Finding, c: Criterion) -> list[Cell]:
