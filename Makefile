@@ -81,7 +81,7 @@ reproduce: install
 	if [ "$(STAGE)" = confirmatory ]; then \
 	  more=$$($(PY) -m bnlab.report --scale $(SCALE) --inconclusive | tail -1); \
 	  echo "[bnlab] seeds 105-109 for the experiments with an inconclusive cell: $${more:-none}"; \
-	  $(MAKE) --no-print-directory -j$(JOBS) $(addprefix more-,$$more) || true; \
+	  $(MAKE) --no-print-directory -j$(JOBS) $$(for e in $$more; do printf 'more-%s ' $$e; done) || true; \
 	fi; \
 	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
