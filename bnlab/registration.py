@@ -70,12 +70,21 @@ def committed(path: Path, commit: str, repo: Path = REPO_ROOT) -> dict | None:
 
 
 def differences(frozen: dict, now: dict, where: str = "") -> list[str]:
-    """Every path at which two registrations differ, e.g. 'criteria.fig1.I1_faster.threshold: 0.5 -> 0.4'."""
+    """Every path at which two registrations differ, e.g. 'criteria.fig1.I1_faster.threshold: 0.5 -> 0.4' (a best
+    rate's selection named by its arm, e.g. 'rates.fig1.norm.name: ...')."""
     if isinstance(frozen, dict) and isinstance(now, dict):
         return [d for k in sorted(set(frozen) | set(now), key=str)
-                for d in differences(frozen.get(k, "(absent)"), now.get(k, "(absent)"), f"{where}.{k}" if where
-                else str(k))]
+                for d in differences(frozen.get(k, "(absent)"), now.get(k, "(absent)"), f"{where}.{arm_of(k)}"
+                                     if where else str(k))]
     return [] if frozen == now else [f"{where}: {frozen} -> {now}"]
+
+
+def arm_of(key) -> str:
+    """A selection key (analysis.selection) by its arm alone; any other key as it is."""
+    try:
+        return ", ".join(json.loads(key)[0])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return str(key)
 
 
 def check(frozen: dict | None, now: dict, runs: pd.DataFrame, freeze: str | None, exploratory_seeds: set,

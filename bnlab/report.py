@@ -496,9 +496,9 @@ def main() -> None:
     stale = int((runs.stale | ~runs.in_sweep).sum()) if len(runs) else 0
     if args.wandb != "disabled":
         log_artifact(out_dir, args.scale, args.wandb)
-    failed = [n for stage in (stages.exploratory, stages.confirmatory) for n in stage.failed]
+    broken = [n for stage in (stages.exploratory, stages.confirmatory) for n in stage.failed]
     print(f"[bnlab] confirmatory: {tally(rows)}\n[bnlab] exploratory: {tally(rows, 'exploratory')}\n"
-          + (f"[bnlab] ANALYSES FAILED: {', '.join(failed)} (tracebacks above)\n" if failed else "")
+          + (f"[bnlab] ANALYSES FAILED: {', '.join(broken)} (tracebacks above)\n" if broken else "")
           + "".join(f"[bnlab] registration: {p}\n" for p in stages.problems)
           + f"[bnlab] {failed} failed or incomplete runs, {stale} left out (stale or outside the sweep); "
           f"wrote {out_dir / 'REPORT.md'}")
