@@ -274,12 +274,6 @@ def contrasted(cells: dict[str, Cell], finding: "Finding", c: Criterion, more: "
     return out
 
 
-def replicates(finding: "Finding") -> int:
-    """The fewest replicates in any cell."""
-    counts = [len(v) for v in finding.cells().values()]
-    return min(counts) if counts else 0
-
-
 def chance_rate(first: int = FIRST_SEEDS, more: int = MORE_SEEDS, delta_over_sd: float = 0.0,
                 trials: int = 200_000, seed: int = 0) -> float:
     """How often a cell with no effect at all (normal replicates centred on the null, a sign claim whose threshold

@@ -169,6 +169,7 @@ class Stages:
     frozen: dict | None
     freeze: str | None
     problems: list
+    second_stage_missing: list  # experiments with an undecided cell and no extra seeds
 
 
 def run_sections(name: str, runs: pd.DataFrame, on_disk: pd.DataFrame, scale: str, out_root: Path) -> list[str]:
@@ -241,19 +242,18 @@ def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures
     problems = check(frozen, now, runs, freeze, seeds)
     if frozen is not None and load(scale) != frozen:
         problems.append(f"{path.name} differs from its committed version at {freeze[:10]}")
-    problems += second_stage_missing(configs, confirmatory, frozen)
-    return Stages(configs, exploratory, confirmatory, now, frozen, freeze, problems)
+    missing = second_stage_missing(configs, confirmatory, frozen)
+    problems += [f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} not trained for experiments "
+                 f"with an undecided cell: {', '.join(missing)}"] if missing else []
+    return Stages(configs, exploratory, confirmatory, now, frozen, freeze, problems, missing)
 
 
 def second_stage_missing(configs: dict, confirmatory: Stage, frozen: dict | None) -> list[str]:
     """Experiments with a verdict left inconclusive on the first seeds whose extra seeds were never trained."""
-    stub = Stages(configs, Stage("exploratory"), confirmatory, {}, frozen, None, [])
-    missing = [name for name, findings in confirmatory.findings.items() if name not in confirmatory.more and any(
+    return [name for name, findings in confirmatory.findings.items() if name not in confirmatory.more and any(
         "inconclusive" in (cell.verdict, cell.direction) for cid, claim in configs[name].claims.items()
-        if cid in findings for cell in undecided_cells(findings[cid], frozen_criterion(stub, name, cid,
+        if cid in findings for cell in undecided_cells(findings[cid], frozen_criterion(frozen, name, cid,
                                                                                        Criterion.of(claim))))]
-    return [f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} not trained for experiments with an "
-            f"undecided cell: {', '.join(missing)}"] if missing else []
 
 
 def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame,
@@ -283,9 +283,7 @@ def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
     """The experiments that need the second confirmatory stage (a claim with a cell inconclusive on its first
     seeds), cheapest first by their last logged sweep time, so that an interrupted second stage has finished the
     most experiments."""
-    stages = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False)
-    missing = [p for p in stages.problems if p.startswith(f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-")]
-    names = missing[0].split(": ", 1)[1].split(", ") if missing else []
+    names = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False).second_stage_missing
     log = REPO_ROOT / "results" / f"timing_{scale}.log"
     seconds = dict(m.groups() for line in (log.read_text().splitlines() if log.is_file() else [])
                    if (m := re.match(r"^\[bnlab\] (\w+): (\d+) s$", line)))  # the last time of each sweep
@@ -319,10 +317,10 @@ def judged(stages: Stages, stage: str, name: str, claim_id: str, c: Criterion) -
     return judge(f, c, s.more.get(name, {}).get(claim_id))
 
 
-def frozen_criterion(stages: Stages, experiment: str, claim_id: str, c: Criterion) -> Criterion:
+def frozen_criterion(registered: dict | None, experiment: str, claim_id: str, c: Criterion) -> Criterion:
     """The criterion the confirmatory runs are judged by: the frozen one (a criterion changed since is listed among
     the registration's problems, never used)."""
-    frozen = ((stages.frozen or {}).get("criteria", {}).get(experiment, {}).get(claim_id))
+    frozen = (registered or {}).get("criteria", {}).get(experiment, {}).get(claim_id)
     return Criterion(**{k: frozen[k] for k in vars(c)}) if frozen else c
 
 
@@ -333,7 +331,7 @@ def claim_row(experiment: str, claim_id: str, claim: DictConfig, stages: Stages)
            "paper effect": "—" if claim.paper_effect is None else f"{claim.paper_effect:g} ({claim.paper_ref})"}
     for stage in ("exploratory", "confirmatory"):
         j = judged(stages, stage, experiment, claim_id,
-                   frozen_criterion(stages, experiment, claim_id, c) if stage == "confirmatory" else c)
+                   frozen_criterion(stages.frozen, experiment, claim_id, c) if stage == "confirmatory" else c)
         row[f"{stage} judgement"] = j
         row[f"{stage} magnitude"] = j.verdict if j else ""
         row[f"{stage} direction"] = (j.direction or "") if j else ""
