@@ -7,9 +7,10 @@ probes read it there with a forward hook.
 """
 
 import math
+import os
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from bnlab.norms import NORMALIZERS, NORMALIZERS_WITH_SHIFT
@@ -135,8 +136,24 @@ def resolve_device(name: str) -> str:
     return name if available.get(name) else "cpu"
 
 
+def with_resolved_device(cfg: DictConfig) -> DictConfig:
+    """The config with device=auto replaced by the device it picks on this machine, so that the run's identity,
+    its config.yaml and the stacking rule all see the device that trains (a GPU run and a CPU run never share an
+    identity, so a CPU rerun cannot skip a run finished on a GPU)."""
+    if cfg.device != "auto":
+        return cfg
+    return OmegaConf.merge(cfg, {"device": resolve_device("auto")})  # type: ignore[return-value]
+
+
 def use_device(name: str) -> torch.device:
     device = torch.device(resolve_device(name))
-    if device.type == "cuda":  # full float32 matmuls, as on the CPU: TF32 would change the numbers' precision
+    if device.type == "cuda":
+        # full float32 matmuls, as on the CPU: TF32 would change the numbers' precision
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        # a repeat or a resume must log the same bits: cuBLAS's split reductions and cuDNN's autotuned kernels
+        # (max-pool's backward among them) are otherwise free to change the order of a sum between calls
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        # warn_only: the probes' histograms (histc) have no deterministic CUDA kernel; they count, and never train
+        torch.use_deterministic_algorithms(True, warn_only=True)
     return device

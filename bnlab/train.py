@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from bnlab.config import ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
-from bnlab.models import Net, init_model, use_device
+from bnlab.models import Net, init_model, use_device, with_resolved_device
 from bnlab.probes import (
     MomentTracker,
     activation_stats,
@@ -267,6 +267,7 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
     Each run is resumed from its checkpoint or skipped when finished, exactly as if it trained alone."""
     for cfg in cfgs:
         validate(cfg)
+    cfgs = [with_resolved_device(cfg) for cfg in cfgs]
     members = [Member(cfg, RunDir(d), run_identity(cfg)) for cfg, d in zip(cfgs, out_dirs, strict=True)]
     pending = [m for m in members if not m.run.is_done(m.identity)]
     if len(pending) > 1:
@@ -277,6 +278,8 @@ def train_runs(cfgs: list[DictConfig], out_dirs: list[str]) -> list[dict]:
         cfg = pending[0].cfg
         torch.set_num_threads(cfg.threads)
         keep_freed_memory()
+        print(f"[bnlab] training {len(pending)} run{'s' * (len(pending) > 1)} on {cfg.device}, "
+              f"{cfg.threads} thread{'s' * (cfg.threads > 1)}", flush=True)
         for m in pending:
             ck = torch.load(m.run.checkpoint_path, weights_only=False) if m.run.checkpoint_path.exists() else None
             moved = m.run.set_aside_if_superseded(m.identity, ck["identity"] if ck else None)
@@ -445,7 +448,7 @@ def record_failure(cfg: DictConfig, out_dir: str, text: str) -> None:
     run = RunDir(out_dir)
     if run.path.is_dir():
         run.write_error(text)
-        run.write_summary({"status": "failed", "identity": run_identity(cfg), "experiment": cfg.experiment,
+        run.write_summary({"status": "failed", "identity": run_identity(with_resolved_device(cfg)), "experiment": cfg.experiment,
                            "seed": cfg.seed, "error": text.strip().splitlines()[-1], **environment()})
 
 

@@ -22,9 +22,14 @@ def test_a_short_run_with_every_probe_trains_on_cuda(data_root, tmp_path):
     assert len(read_jsonl(tmp_path / "run" / "activations.jsonl")) == 3 * 4  # 3 layers x steps 0, 10, 20, 30
 
 
-def test_cuda_runs_repeat_and_resume_bitwise(data_root, tmp_path, monkeypatch):
-    """Dropout and Alg. 1 noise draw from CUDA's RNG and the CPU's: both are checkpointed and restored."""
-    cfg = make_cfg(data_root, tmp_path, PROBED)
+CNN = ["model=cnn", "norm=batch", "model.dropout=0.2", "device=cuda"]  # convolutions and max-pool's backward
+
+
+@pytest.mark.parametrize("overrides", [PROBED, CNN], ids=["mlp", "cnn"])
+def test_cuda_runs_repeat_and_resume_bitwise(data_root, tmp_path, monkeypatch, overrides):
+    """Dropout and Alg. 1 noise draw from CUDA's RNG and the CPU's: both are checkpointed and restored; cuDNN and
+    cuBLAS run their deterministic kernels."""
+    cfg = make_cfg(data_root, tmp_path, overrides)
     train(cfg, str(tmp_path / "a"))
     train(cfg, str(tmp_path / "b"))
     assert history(tmp_path / "a") == history(tmp_path / "b")
@@ -40,5 +45,7 @@ def test_cuda_runs_repeat_and_resume_bitwise(data_root, tmp_path, monkeypatch):
     assert history(tmp_path / "c") == history(tmp_path / "a")
 
 
-def test_auto_picks_cuda():
+def test_auto_picks_cuda_and_the_config_records_it(data_root, tmp_path):
     assert resolve_device("auto") == "cuda"
+    s = train(make_cfg(data_root, tmp_path, ["device=auto", "trainer.steps=10"]), str(tmp_path / "auto"))
+    assert s["device"] == "cuda" and "device: cuda" in (tmp_path / "auto" / "config.yaml").read_text().splitlines()

@@ -260,5 +260,8 @@ def test_wandb_gives_a_killed_and_resumed_run_one_wandb_run(data_root, tmp_path,
 def test_device_auto_falls_back_to_the_cpu_and_a_missing_device_is_one_message(data_root, tmp_path):
     s = train(make_cfg(data_root, tmp_path, ["device=auto", "trainer.steps=10"]), str(tmp_path / "auto"))
     assert s["status"] == "finished" and s["device"] == "cpu"
+    # resolved before the identity: the run is the one device=cpu names, and its config.yaml says where it trained
+    assert train(make_cfg(data_root, tmp_path, ["device=cpu", "trainer.steps=10"]), str(tmp_path / "auto")) == s
+    assert "device: cpu" in (tmp_path / "auto" / "config.yaml").read_text().splitlines()
     with pytest.raises(ConfigError, match="device=cuda is not available here"):
         train(make_cfg(data_root, tmp_path, ["device=cuda"]), str(tmp_path / "cuda"))
