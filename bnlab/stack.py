@@ -167,7 +167,8 @@ STACKABLE_NORMS = ("none", "batch", "lp1", "lp2", "lpinf", "noisy_batch", "noisy
 def stack_key(cfg: DictConfig) -> str | None:
     """Runs with equal keys can train as one stack; None: this run must train alone."""
     m = cfg.model
-    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS or resolve_device(cfg.device) != "cpu"  # masks drawn on the CPU
+    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS
+            or resolve_device(cfg.device) != "cpu"  # masks drawn on the CPU
             or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty
             or cfg.optim.block != "all" or cfg.trainer.alone):
         return None

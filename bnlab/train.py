@@ -448,8 +448,9 @@ def record_failure(cfg: DictConfig, out_dir: str, text: str) -> None:
     run = RunDir(out_dir)
     if run.path.is_dir():
         run.write_error(text)
-        run.write_summary({"status": "failed", "identity": run_identity(with_resolved_device(cfg)), "experiment": cfg.experiment,
-                           "seed": cfg.seed, "error": text.strip().splitlines()[-1], **environment()})
+        run.write_summary({"status": "failed", "identity": run_identity(with_resolved_device(cfg)),
+                           "experiment": cfg.experiment, "seed": cfg.seed, "error": text.strip().splitlines()[-1],
+                           **environment()})
 
 
 def print_result(out_dir: str, summary: dict) -> None:
