@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from bnlab.config import REPO_ROOT, DataConfig, schema_values
-from bnlab.data import load
+from bnlab.data import SYNTHETIC, load
 from bnlab.models import build_model
 from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
 from bnlab.stack import LOSSES
@@ -58,6 +58,36 @@ def step_flops(model_cfg, norm_cfg, shape: tuple[int, ...], classes: int, batch:
             with torch.no_grad():
                 model.eval()(x)
     return counter.get_total_flops()
+
+
+IMAGE_SETS = {"mnist": ((1, 28, 28), 10, 10_000), "cifar10": ((3, 32, 32), 10, 10_000)}  # shape, classes, tests
+STEP_OVERHEAD_FLOPS = 2e8  # what a step costs beyond its FLOPs (Python, small kernels, logging): ~2 ms at 100 GFLOP/s
+
+
+@functools.cache
+def _rates(model: str, norm: str, shape: tuple[int, ...], classes: int, batch: int, loss: str) -> tuple[float, float]:
+    """(FLOPs of a training step, FLOPs of one evaluated example) of a model and norm given as YAML."""
+    model_cfg, norm_cfg = OmegaConf.create(model), OmegaConf.create(norm)
+    return (step_flops(model_cfg, norm_cfg, shape, classes, batch, loss),
+            step_flops(model_cfg, norm_cfg, shape, classes, 1, loss, backward=False))
+
+
+@functools.cache
+def _synthetic_set(name: str, n_samples: int, dim: int) -> tuple[tuple[int, ...], int, int]:
+    data = SYNTHETIC[name](n_samples, dim)  # generated in milliseconds
+    return data.shape, data.num_classes, len(data.test.x)
+
+
+def expected_cost(cfg) -> float:
+    """A run's expected cost in FLOPs, from its config alone (no data read): its training and evaluation FLOPs and a
+    fixed overhead per step. What a sweep's time-left estimate weighs runs by, so one CIFAR CNN is not one MNIST MLP."""
+    tc, d = cfg.trainer, cfg.data
+    shape, classes, tests = IMAGE_SETS[d.name] if d.name in IMAGE_SETS else _synthetic_set(d.name, d.n_samples, d.dim)
+    train, per_example = _rates(OmegaConf.to_yaml(cfg.model), OmegaConf.to_yaml(cfg.norm), shape, classes,
+                                tc.batch_size, tc.loss)
+    mid_run = -(-tc.steps // tc.eval_every) if tc.eval_every else 0  # at step 0 and each eval_every; last: the end
+    scored = (tc.eval_subset or tests) * mid_run + tests + tc.train_eval_size * (mid_run + 1)
+    return tc.steps * (train + STEP_OVERHEAD_FLOPS) + per_example * scored
 
 
 @functools.cache

@@ -3,34 +3,54 @@
   python -m bnlab.progress [--scale cpu] [--every 60]     prints a line every minute until every job is done
   python -m bnlab.progress --once                         one line now
 
-A run counts as done once its summary.json exists (finished, diverged or failed). The estimate extrapolates the
-rate of the runs done since this process started.
+A run counts as done once its summary.json exists (finished, diverged or failed). The time left weighs each run by
+its expected cost, as a sweep's own bar does: here its experiment's last sweep time in the timing log over that
+sweep's runs (composing 2,000 configs to count their FLOPs would take minutes), and extrapolates the cost done per
+second since this process started.
 """
 
 import argparse
 import time
 from pathlib import Path
 
+from bnlab.config import REPO_ROOT
+from bnlab.efficiency import SWEEP_TIME
 from bnlab.registration import confirmatory_overrides, load
 from bnlab.sweeps import experiment_names, runs_root, sweep_jobs
 
 
-def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, int]:
-    """Where the scale's runs go and how many jobs all experiments' sweeps have (a confirmatory sweep: its first
-    seeds, at the frozen rates where the experiment trains only those)."""
+def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, dict[str, int]]:
+    """Where the scale's runs go and each experiment's count of jobs (a confirmatory sweep: its first seeds, at the
+    frozen rates where the experiment trains only those)."""
     stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "exploratory")
     frozen = load(scale) if stage == "confirmatory" else None
-    jobs = [sweep_jobs(name, scale, [*overrides, *confirmatory_overrides(name, scale, frozen)])[0]
-            for name in experiment_names()]
-    return runs_root(scale, stage, overrides), sum(len(j) for j in jobs)
+    jobs = {name: len(sweep_jobs(name, scale, [*overrides, *confirmatory_overrides(name, scale, frozen)])[0])
+            for name in experiment_names()}
+    return runs_root(scale, stage, overrides), jobs
+
+
+def run_costs(jobs: dict[str, int], log: Path) -> dict[str, float]:
+    """Each experiment's expected seconds per run: its last first-stage sweep time in the timing log over its jobs
+    now; an experiment the log has not timed costs the mean of those it has (all alike when none is timed)."""
+    seconds: dict[str, int] = {}
+    for entry in (log.read_text().splitlines() if log.exists() else []):
+        if (m := SWEEP_TIME.match(entry)) and "(seeds" not in entry:
+            seconds[m.group(1)] = int(m.group(2))
+    per_run = {name: seconds[name] / n for name, n in jobs.items() if name in seconds and n}
+    mean = sum(per_run.values()) / len(per_run) if per_run else 1.0
+    return {name: per_run.get(name, mean) for name in jobs}
 
 
 def done(root: Path) -> int:
     return sum(1 for _ in root.glob("*/*/summary.json"))
 
 
-def line(n_done: int, total: int, elapsed: float, rate: float | None) -> str:
-    left = f", about {(total - n_done) / rate / 60:.0f} min left" if rate else ""
+def done_by_experiment(root: Path, names) -> dict[str, int]:
+    return {name: sum(1 for _ in (root / name).glob("*/summary.json")) for name in names}
+
+
+def line(n_done: int, total: int, elapsed: float, seconds_left: float | None) -> str:
+    left = f", about {seconds_left / 60:.0f} min left" if seconds_left is not None else ""
     return f"[bnlab] {n_done} / {total} runs done, {elapsed / 60:.0f} min elapsed{left}"
 
 
@@ -41,12 +61,19 @@ def main() -> None:
     parser.add_argument("--once", action="store_true")
     parser.add_argument("overrides", nargs="*", help="config overrides, as given to the sweeps (out_root=...)")
     args = parser.parse_args()
-    root, total = totals(args.scale, args.overrides)
-    start, at_start = time.monotonic(), done(root)
+    root, jobs = totals(args.scale, args.overrides)
+    cost = run_costs(jobs, REPO_ROOT / "results" / f"timing_{args.scale}.log")
+    total, total_cost = sum(jobs.values()), sum(n * cost[name] for name, n in jobs.items())
+
+    def cost_done() -> tuple[int, float]:
+        counts = {name: min(n, jobs[name]) for name, n in done_by_experiment(root, jobs).items()}
+        return sum(counts.values()), sum(n * cost[name] for name, n in counts.items())
+
+    start, (_, at_start) = time.monotonic(), cost_done()
     while True:
-        n, elapsed = done(root), time.monotonic() - start
-        rate = (n - at_start) / elapsed if n > at_start and elapsed > 0 else None
-        print(line(min(n, total), total, elapsed, rate), flush=True)
+        (n, spent), elapsed = cost_done(), time.monotonic() - start
+        rate = (spent - at_start) / elapsed if spent > at_start and elapsed > 0 else None
+        print(line(n, total, elapsed, (total_cost - spent) / rate if rate else None), flush=True)
         if args.once or n >= total:
             return
         time.sleep(args.every)

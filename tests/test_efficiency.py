@@ -3,7 +3,7 @@
 from omegaconf import OmegaConf
 
 from bnlab.config import ModelConfig, NormConfig
-from bnlab.efficiency import core_seconds, run_flops, step_flops
+from bnlab.efficiency import STEP_OVERHEAD_FLOPS, core_seconds, expected_cost, run_flops, step_flops
 from bnlab.train import train
 from tests.conftest import make_cfg
 
@@ -27,6 +27,8 @@ def test_a_runs_flops_are_its_steps_and_its_evaluations(data_root, tmp_path):
     example = step_flops(cfg.model, cfg.norm, (10,), 10, 1, "mse", backward=False)
     assert training == 30 * step
     assert evaluation == 4 * 1000 * example  # evaluations at steps 0, 10, 20, 30 of the 1,000 samples
+    # what a sweep's time left expects of it, from the config alone: the same FLOPs and a fixed cost per step
+    assert expected_cost(cfg) == training + evaluation + 30 * STEP_OVERHEAD_FLOPS
 
 
 def test_core_seconds_are_the_last_reproductions_sweep_times(tmp_path):

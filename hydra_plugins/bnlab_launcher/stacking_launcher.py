@@ -6,6 +6,7 @@ train as a stacked model; every other run is an ordinary job. Each run still get
 `hydra.launcher.stack=false` launches every run alone.
 """
 
+import json
 import logging
 import math
 from collections import defaultdict
@@ -23,6 +24,7 @@ from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from joblib import Parallel, delayed
 from omegaconf import DictConfig, open_dict
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +51,29 @@ class StackingLauncher(JoblibLauncher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        joblib = {**self.joblib, "backend": "loky"}  # as Hydra's joblib launcher: threads do not mix with Hydra
+        # loky, as Hydra's joblib launcher (threads do not mix with Hydra); results as they come, for the progress bar
+        joblib = {**self.joblib, "backend": "loky", "return_as": "generator_unordered"}
         singleton_state = Singleton.get_state()
         with Parallel(**joblib) as parallel:
             # composing a job's config takes ~0.2 s: in the workers, as Hydra's joblib launcher does
             composed = parallel(delayed(_compose)(self.hydra_context, self.config, overrides, idx, singleton_state)
                                 for idx, overrides in enumerate(job_overrides, start=initial_job_idx))
-            configs, keys = zip(*composed, strict=True)
+            _, configs, keys = zip(*sorted(composed, key=lambda c: c[0]), strict=True)
             preflight(list(configs))  # an invalid config or missing data: one message, not a traceback per job
+            for config in configs:  # one bar for the sweep (below), none per run
+                config.trainer.progress = False
             groups = self._groups(keys) if self.stack else [[i] for i in range(len(configs))]
             log.info(f"Launching {len(configs)} runs as {len(groups)} jobs (stack={self.stack}) on "
                      f"{joblib.get('n_jobs')} workers; sweep output dir: {self.config.hydra.sweep.dir}")
-            results = parallel(delayed(_execute_group)([configs[i] for i in group], self.hydra_context,
+            results = parallel(delayed(_execute_group)(k, [configs[i] for i in group], self.hydra_context,
                                                        self.task_function, singleton_state)
-                               for group in groups)
+                               for k, group in enumerate(groups))
+            by_group = _with_progress(results, groups, configs, show=self.config.trainer.progress)
         returns: list[JobReturn | None] = [None] * len(configs)
-        for group, group_returns in zip(groups, results, strict=True):
+        for group, group_returns in zip(groups, by_group, strict=True):
             for i, ret in zip(group, group_returns, strict=True):
                 returns[i] = ret
+        print(sweep_tally(returns), flush=True)  # type: ignore[arg-type]
         return returns  # type: ignore[return-value]
 
     def _groups(self, keys: list[str | None]) -> list[list[int]]:
@@ -105,7 +112,38 @@ class ComposeOnceSweeper(BasicSweeper):
             super().validate_batch_is_legal(batch)
 
 
-def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_state) -> tuple[DictConfig, str | None]:
+def _with_progress(results, groups: list[list[int]], configs, show: bool) -> list[list[JobReturn]]:
+    """The jobs' returns in the groups' order, gathered as they finish under one sweep-level bar whose time left
+    weighs each run by its expected cost (`bnlab.efficiency.expected_cost`), not by the count of runs."""
+    from bnlab.efficiency import expected_cost
+
+    costs = [sum(expected_cost(configs[i]) for i in group) for group in groups]
+    by_group: list[list[JobReturn]] = [[] for _ in groups]
+    with tqdm(total=sum(costs), disable=not show, desc="sweep", leave=True,
+              bar_format="{desc}: {percentage:3.0f}%|{bar:30}| {postfix} [{elapsed}<{remaining}]") as bar:
+        for k, group_returns in results:
+            by_group[k] = group_returns
+            bar.update(costs[k])
+            bar.set_postfix_str(f"{sum(map(len, filter(None, by_group)))}/{len(configs)} runs", refresh=True)
+    return by_group
+
+
+def sweep_tally(returns: list[JobReturn]) -> str:
+    """How the sweep went, from each run's summary.json: finished / diverged / failed, then the failed runs' paths
+    (a job that left no summary failed before its run could record it)."""
+    statuses: dict[str, list[str]] = defaultdict(list)
+    for ret in returns:
+        run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
+        summary = run_dir / "summary.json" if run_dir else None
+        status = json.loads(summary.read_text())["status"] if summary and summary.exists() else "failed"
+        statuses[status].append(str(run_dir))
+    counts = ", ".join(f"{len(statuses[s])} {s}" for s in ("finished", "diverged", "failed"))
+    failed = "".join(f"\n[bnlab]   failed: {path}" for path in statuses["failed"])
+    return f"[bnlab] sweep of {len(returns)} runs: {counts}{failed}"
+
+
+def _compose(hydra_context, config: DictConfig, overrides, idx: int,
+             singleton_state) -> tuple[int, DictConfig, str | None]:
     """In a worker: one job's config, composed as Hydra's joblib launcher composes it, and its stack key."""
     from bnlab.stack import stack_key
 
@@ -121,12 +159,13 @@ def _compose(hydra_context, config: DictConfig, overrides, idx: int, singleton_s
     task_cfg = sweep_config.copy()
     with open_dict(task_cfg):
         del task_cfg["hydra"]
-    return sweep_config, stack_key(task_cfg)
+    return idx, sweep_config, stack_key(task_cfg)
 
 
-def _execute_group(configs: list[DictConfig], hydra_context, task_function, singleton_state) -> list[JobReturn]:
+def _execute_group(k: int, configs: list[DictConfig], hydra_context, task_function,
+                   singleton_state) -> tuple[int, list[JobReturn]]:
     """In a worker: one run through Hydra's own `run_job`; a group through `run_job` for its directories,
-    then `bnlab.train.run_jobs` for the training of all its runs as one stack."""
+    then `bnlab.train.run_jobs` for the training of all its runs as one stack. Returned with the group's index k."""
     setup_globals()
     Singleton.set_state(singleton_state)
 
@@ -136,7 +175,7 @@ def _execute_group(configs: list[DictConfig], hydra_context, task_function, sing
                        job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
 
     if len(configs) == 1:
-        return [job(configs[0], task_function)]
+        return k, [job(configs[0], task_function)]
     from bnlab.train import run_jobs
 
     prepared = [job(c, lambda cfg: (cfg, HydraConfig.get().runtime.output_dir)) for c in configs]
@@ -146,7 +185,7 @@ def _execute_group(configs: list[DictConfig], hydra_context, task_function, sing
     except Exception as e:
         for ret in prepared:
             ret.status, ret._return_value = JobStatus.FAILED, e
-        return prepared
+        return k, prepared
     for summary, ret in zip(summaries, prepared, strict=True):
         ret.return_value = summary
-    return prepared
+    return k, prepared
