@@ -32,9 +32,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# compat: the repository goes on sys.path, where Hydra 1.3's plugin scan finds hydra_plugins/bnlab_launcher
-	# (a default editable install hides it from that scan: hydra issue 2359)
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 lint: install

@@ -204,6 +204,9 @@ class TrainerConfig:
 class WandbConfig:
     mode: WandbMode = WandbMode.disabled  # chosen once, never retried in another mode
     project: str = "bnlab"
+    entity: str | None = None  # None: wandb's default entity
+    tags: list[str] = field(default_factory=list)
+    notes: str | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ about ten times faster on a CPU than a per-sample DataLoader (docs/speed.md).
 
 import dataclasses
 import functools
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from bnlab.config import ConfigError
+from bnlab.config import REPO_ROOT, ConfigError
 
 # What torchvision expects under data.root, per dataset: (sub-folder, files).
 EXPECTED_FILES = {
@@ -23,6 +24,9 @@ EXPECTED_FILES = {
                             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
 }
+
+
+DEFAULT_DATA_ROOT = REPO_ROOT / "data"  # data.root's default, without BNLAB_DATA
 
 
 class DataError(RuntimeError):
@@ -65,6 +69,18 @@ def _missing_message(name: str, root: Path, missing: list[str], reason: str) -> 
         "or the override data.root=/path (the folder that contains "
         f"'{folder.split('/')[0]}'); or run once where the network is reachable so torchvision can download them."
     )
+
+
+def _download_failure(e: Exception) -> str:
+    """Why torchvision's download failed, in one line. CIFAR-10 lets urllib's URLError through; MNIST catches the
+    error of each of its mirrors and raises one RuntimeError without a cause, whose first line names only the
+    file: the reasons are on its lines after 'Tried <mirror>, got:'."""
+    def unwrapped(text: str) -> str:  # str(URLError) is '<urlopen error REASON>'
+        return text[len("<urlopen error "):-1] if text.startswith("<urlopen error ") else text
+
+    tried = re.findall(r"^Tried (\S+), got:\n(.*)$", str(e), flags=re.MULTILINE)
+    reasons = [f"{mirror}: {unwrapped(why)}" for mirror, why in tried] or [unwrapped(" ".join(str(e).split()))]
+    return "; ".join(reasons) or type(e).__name__
 
 
 def _read_torchvision(name: str, root: Path, train: bool, download: bool = False):
@@ -132,13 +148,20 @@ def ensure_files(name: str, root: str, download: bool = True, verify: bool = Tru
     folder, files = EXPECTED_FILES[name]
     missing = [f for f in files if not (root_path / folder / f).is_file()]
     if missing:
+        # a download would create a missing root, and a mistyped one would pass for a dataset folder; bnlab's own
+        # default (the repository's data/) is the one folder it makes
+        if download and root_path.resolve() == DEFAULT_DATA_ROOT:
+            root_path.mkdir(exist_ok=True)
+        if not root_path.is_dir():
+            raise DataError(_missing_message(name, root_path, missing, "no such folder; bnlab downloads only into "
+                                             "a folder that exists"))
         if not download:
             raise DataError(_missing_message(name, root_path, missing, "files missing, data.download=false"))
         try:
             _read_torchvision(name, root_path, True, download=True)
-        except Exception as e:  # offline: torchvision's own error names only a URL
-            reason = f"download failed: {str(e).splitlines()[0]}"
-            raise DataError(_missing_message(name, root_path, missing, reason)) from None
+        except Exception as e:  # offline, a server refusing, a checksum that does not match
+            raise DataError(_missing_message(name, root_path, missing,
+                                             f"download failed: {_download_failure(e)}")) from None
     if name == "cifar10" and verify:  # torchvision checks MNIST only when downloading
         ref = datasets.CIFAR10
         if not all(check_integrity(str(root_path / folder / f), md5)

@@ -7,9 +7,12 @@
 Arguments are sweep folders or run folders (any mix). `curves`: a metric against steps, median and min-max
 over the runs of each group; `lr`: a summary value against the learning rate, one line per group; `percentiles`:
 the 15/50/85th percentiles of a hidden unit's input over training, one panel per group (its first seed).
+The PNG and PDF go to --out, else to plot_<kind>.png|pdf beside the runs: in the folder that holds every path given
+(a single run folder's parent), never the current directory.
 """
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,14 @@ def percentiles(runs: pd.DataFrame, by: list[str], layer: int, unit: int = 0):
     return fig
 
 
+def beside_the_runs(paths: list[Path], kind: str) -> Path:
+    """plot_<kind> in the folder that holds every path given; beside a lone run folder, not among its files."""
+    folder = Path(os.path.commonpath([p.resolve() for p in paths]))
+    if (folder / runlog.CONFIG).is_file():
+        folder = folder.parent
+    return folder / f"plot_{kind}"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("kind", choices=("curves", "lr", "percentiles"))
@@ -73,7 +84,8 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", default=None, help="curves: a metrics.jsonl column (test_acc); lr: a "
                         "summary value (final_test_acc)")
     parser.add_argument("--layer", type=int, default=0, help="percentiles: the hidden layer (0-based)")
-    parser.add_argument("--out", type=Path, default=Path("plot.png"), help="where the PNG (and PDF) go")
+    parser.add_argument("--out", type=Path, default=None, help="where the PNG (and PDF) go (default: "
+                        "plot_<kind> beside the runs)")
     args = parser.parse_args(argv)
     runs = runlog.load(args.paths)
     if not len(runs):
@@ -87,7 +99,8 @@ def main(argv=None) -> None:
         fig = lr_plot(runs, args.by, args.metric or "final_test_acc")
     else:
         fig = percentiles(runs, args.by, args.layer)
-    print(f"[bnlab] {len(runs)} runs -> {plots.save(fig, args.out.with_suffix(''))}")
+    out = args.out.with_suffix("") if args.out else beside_the_runs(args.paths, args.kind)
+    print(f"[bnlab] {len(runs)} runs -> {plots.save(fig, out)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   python -m bnlab.report [--scale cpu]
 
-For each experiment config (configs/experiment/<name>.yaml) with runs on disk, `experiments.<name>.analyze`
+For each experiment config (configs/experiment/<name>.yaml) with runs on disk, `bnlab.experiments.<name>.analyze`
 measures each claim that config declares; `bnlab.claims` gives the verdict, mechanically, from the criterion
 written in the config before the runs. REPORT.md opens with the tally of the empirical claims, keeps the
 sanity checks (`kind: check`) apart, and lists every amended criterion beside its original.
@@ -135,7 +135,7 @@ def analyse(name: str, cfg: DictConfig, runs: pd.DataFrame, out_dir: Path, froze
         return {}, ctx
     try:
         with chosen_rates(frozen, record):
-            findings = importlib.import_module(f"experiments.{name}").analyze(ctx)
+            findings = importlib.import_module(f"bnlab.experiments.{name}").analyze(ctx)
     except RateNotFrozen as e:
         return {cid: Finding(cid, [], untestable={"": f"its best rate was not frozen ({e})"})
                 for cid in cfg.claims}, ctx

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -173,32 +174,90 @@ class RunDir:
         atomic_write_text(self.path / ERROR, text)
 
 
+# the shortened keys of a wandb run name; any other key is named by its last part
+NAME_KEYS = {"norm": "", "data": "", "optim.lr": "lr", "seed": "s"}
+
+
+def wandb_id(cfg: DictConfig, run_dir: Path, identity: str) -> str:
+    """The run's identity and a hash of its place under out_root, so that moving out_root keeps the id; a run
+    directory outside out_root (hydra.run.dir=...) is placed by its name alone."""
+    run_dir, root = Path(run_dir).resolve(), Path(cfg.out_root).resolve()
+    place = run_dir.relative_to(root) if run_dir.is_relative_to(root) else Path(run_dir.name)
+    return f"{identity}_{hashlib.sha1(place.as_posix().encode()).hexdigest()[:8]}"
+
+
+def wandb_name(experiment: str, run_dir: Path) -> str:
+    """'fig1/batch,lr0.5,s1': the experiment, then the overrides that name the run directory (Hydra's
+    override_dirname) with shortened keys (NAME_KEYS); a directory named otherwise is named as it is."""
+    folder = Path(run_dir).name
+    if folder == experiment:  # a single run without overrides: Hydra's run dir ends in the experiment
+        return experiment
+    parts = []
+    for item in re.split(r",(?![^\[]*\])", folder):  # a comma inside [..] belongs to a list value
+        key, sep, value = item.partition("=")
+        parts.append(NAME_KEYS.get(key, key.rsplit(".", 1)[-1] + "=") + value if sep else item)
+    return f"{experiment}/{','.join(parts)}"
+
+
+def metric_values(row: dict) -> dict:
+    """What wandb gets of a metrics row: its numbers."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float))}
+
+
+def activation_values(rows: list[dict]) -> dict:
+    """What wandb gets of one probe step's activation rows: each layer's percentiles, mean and std."""
+    return {f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
+            if key[0] == "p" or key in ("mean", "std")}
+
+
 class WandbMirror:
     """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled.
 
-    One wandb run per bnlab run: its id comes from the run's identity and directory, and resume="allow" makes
-    a resumed run continue it instead of starting a second. Runs are grouped by experiment and scale; the claims
-    stay out of the config; the summary gets the final status, accuracies and stack size."""
+    One wandb run per bnlab run (`wandb_id`), named by `wandb_name`, grouped by experiment and scale; resume="allow"
+    makes a resumed run continue it instead of starting a second, and `replay` gives it the rows it lacks. The
+    claims stay out of the config; the summary gets the final status, accuracies and stack size."""
 
     SUMMARY_KEYS = ("status", "steps", "diverged_at", "final_test_acc", "best_test_acc", "stack_size", "device")
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, name: str, identity: str):
-        self.run = None
+    def __init__(self, cfg: DictConfig, run_dir: Path, identity: str):
+        self.run, self.next_step = None, 0
         if cfg.wandb.mode == "disabled":
             return
         import wandb  # lazy: half a second and a background service, only when asked for
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("claims", None)  # type: ignore[union-attr]
-        where = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]
-        self.run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=str(run_dir),
-                              id=f"{identity}_{where}", resume="allow", group=f"{cfg.experiment}/{cfg.scale}",
-                              job_type=cfg.scale, name=name, reinit="finish_previous", config=config,
+        self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
+                              dir=str(run_dir), id=wandb_id(cfg, run_dir, identity), resume="allow",
+                              group=f"{cfg.experiment}/{cfg.scale}", job_type=cfg.scale,
+                              name=wandb_name(cfg.experiment, run_dir), tags=list(cfg.wandb.tags),
+                              notes=cfg.wandb.notes, reinit="finish_previous", config=config,
                               settings=wandb.Settings(silent=True, console="off", init_timeout=30))
+        self.next_step = self.run.step
+        self.replay(Path(run_dir))
 
-    def log(self, row: dict, step: int) -> None:
-        if self.run is not None:
-            self.run.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+    def replay(self, run_dir: Path) -> None:
+        """Log the run directory's rows (trimmed to the checkpoint) from the first step this wandb run lacks.
+        Online, wandb resumes after the last step it holds (`run.step`); offline it cannot know and starts at 0,
+        and every row is replayed: a SIGKILL loses the killed attempt's whole offline record, so the resumed
+        attempt's record must hold the run's history from its first step to equal metrics.jsonl."""
+        by_step: dict[int, dict] = {}
+        for row in read_jsonl(run_dir / METRICS):
+            by_step.setdefault(row["step"], {}).update(metric_values(row))
+        for row in read_jsonl(run_dir / ACTIVATIONS):
+            by_step.setdefault(row["step"], {}).update(activation_values([row]))
+        for step in sorted(by_step):
+            self._log(by_step[step], step)
+
+    def log_metrics(self, row: dict) -> None:
+        self._log(metric_values(row), row["step"])
+
+    def log_activations(self, rows: list[dict], step: int) -> None:
+        self._log(activation_values(rows), step)
+
+    def _log(self, values: dict, step: int) -> None:
+        if self.run is not None and step >= self.next_step:  # below: a step wandb holds, recomputed after a resume
+            self.run.log(values, step=step)
 
     def close(self, exit_code: int = 0, summary: dict | None = None) -> None:
         if self.run is not None:

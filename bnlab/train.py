@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bnlab.config import ConfigError, run_identity
+from bnlab.config import CONFIG_DIR, ConfigError, run_identity
 from bnlab.data import EXPECTED_FILES, BatchOrder, DataError, Dataset, ensure_files, load
 from bnlab.models import Net, init_model, use_device, with_resolved_device
 from bnlab.probes import (
@@ -47,7 +47,7 @@ from bnlab.runlog import (
     read_jsonl,
 )
 from bnlab.stack import LOSSES, SingleModel, StackedMLP, Stepper, stack_key
-from bnlab.validate import validate
+from bnlab.validate import check_keys, command_line_keys, validate
 
 
 def due(step: int, every: int) -> bool:
@@ -183,7 +183,7 @@ class Member:
             row["train_eval_loss"], row["train_eval_acc"] = train_eval
         row.update(norms)
         self.run.append_rows(METRICS, [row])
-        self.mirror.log(row, step)
+        self.mirror.log_metrics(row)
 
     def log_activations(self, net: Net, step: int, sc: Scoring) -> None:
         tc = sc.tc
@@ -193,8 +193,7 @@ class Member:
             for r in jacobian_spectra(net, sc.probe_x, tc.jacobian_examples):
                 rows[r.pop("layer")].update(r)
         self.run.append_rows(ACTIVATIONS, rows)
-        self.mirror.log({f"act/L{r['layer']}/{key}": v for r in rows for key, v in r.items()
-                         if key[0] == "p" or key in ("mean", "std")}, step)
+        self.mirror.log_activations(rows, step)
 
     def log_gradient_probes(self, net: Net, step: int, idx: torch.Tensor, sc: Scoring, with_ics: bool,
                             with_landscape: bool) -> None:
@@ -354,7 +353,7 @@ def _train_stack(members: list[Member], data: Dataset) -> None:
     clock, active, step = Clock(), list(members), members[0].state.step
     try:
         for m in members:
-            m.mirror = WandbMirror(m.cfg, m.run.path, name=m.run.path.name, identity=m.identity)
+            m.mirror = WandbMirror(m.cfg, m.run.path, m.identity)  # after _setup trimmed the logs it replays
         if step == 0:
             log_evals(model, members, range(len(members)), 0, sc, clock)
             for k, m in enumerate(members):
@@ -498,9 +497,20 @@ class Preflight(Callback):
         self._check_out_root(config)
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+# An absolute path: run as the bnlab-train console script, Hydra would read "../configs" as a package name.
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def run_composed(cfg: DictConfig) -> None:
     run_jobs([cfg], [HydraConfig.get().runtime.output_dir])
+
+
+def main() -> None:
+    """The command line. A key the schema lacks is refused before Hydra composes the config: Hydra's own message
+    for a misspelt key suggests adding it with `+`, and the run would then go ahead and ignore it."""
+    try:
+        check_keys(command_line_keys(sys.argv[1:]))
+    except ConfigError as e:
+        sys.exit(f"[bnlab] {e}")
+    run_composed()
 
 
 if __name__ == "__main__":

@@ -1,17 +1,60 @@
 """What a config's types cannot say: names that must be in a registry, ranges, and keys that must agree.
 
-The schema (bnlab.config) already rejects a misspelt key, a wrong type and a value outside a fixed set (its
-Enums); this module sits above the registries it checks names against (normalisers, activations).
+The schema (bnlab.config) already rejects a wrong type and a value outside a fixed set (its Enums), and a
+misspelt key unless it is added with `+`, which Hydra accepts for any key; `check_keys` refuses such keys, on the
+command line (before Hydra, whose own message for a misspelt key suggests that `+`) and in a composed config.
+This module sits above the registries it checks names against (normalisers, activations).
 """
 
-from omegaconf import DictConfig
+import difflib
+import functools
+from collections.abc import Iterable
 
-from bnlab.config import ConfigError
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+
+from bnlab.config import CONFIG_DIR, ConfigError, flat_schema_values, flatten
 from bnlab.models import ACTIVATIONS, hidden_layers, resolve_device
 from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS, PER_UNIT_AFFINE
 
 
+@functools.cache
+def _schema_keys() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Every key of the schema, nodes included ('optim' and 'optim.lr'), and the keys whose keys are free: the
+    schema's open dicts (claims, named by the experiment) and Hydra's own settings."""
+    flat = flat_schema_values()
+    nodes = {key.rsplit(".", n)[0] for key in flat for n in range(key.count(".") + 1)}
+    return frozenset(nodes), ("hydra", *(key for key, value in flat.items() if value == {}))
+
+
+def check_keys(keys: Iterable[str]) -> None:
+    """Refuse a flattened key ('optim.lrr') that the schema lacks, naming the closest one it has."""
+    known, free = _schema_keys()
+    unknown = [k for k in keys if k not in known and not any(k == f or k.startswith(f + ".") for f in free)]
+    lines = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, flat_schema_values(), n=1)
+        lines.append(f"{key} is not a config key" + (f"; did you mean `{close[0]}`?" if close else "")
+                     + " (python -m bnlab.train --cfg job lists them)")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
+def command_line_keys(argv: list[str]) -> list[str]:
+    """The config keys that a command line's overrides set or delete; config groups (norm=batch,
+    hydra/launcher=...) are Hydra's to check, and so is an override it cannot parse."""
+    try:
+        overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    except OverrideParseException:
+        return []
+    keys = [o.key_or_group for o in overrides]
+    return [k for k in keys if "/" not in k and not (CONFIG_DIR / k).is_dir()]
+
+
 def validate(cfg: DictConfig) -> None:
+    check_keys(flatten(OmegaConf.to_container(cfg)))  # type: ignore[arg-type]
     def choice(key: str, value: str, options) -> None:
         if value not in options:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(options))}")

@@ -8,11 +8,11 @@ import pytest
 
 from bnlab.analysis import drop_beyond_control, layer_cells, paired_steps_ratio, per_seed_ratio
 from bnlab.claims import Criterion, Finding, judge
+from bnlab.experiments.bjorck import distances, first_blowup
+from bnlab.experiments.deep_sigmoid import best_setting
+from bnlab.experiments.dlbook_chain import converged
+from bnlab.experiments.ics_landscape import matched_loss_ratio
 from bnlab.lr_sweep import lr_max_per_seed, lr_max_ratios
-from experiments.bjorck import distances, first_blowup
-from experiments.deep_sigmoid import best_setting
-from experiments.dlbook_chain import converged
-from experiments.ics_landscape import matched_loss_ratio
 
 
 def runs_table(rows: list[tuple]) -> pd.DataFrame:

@@ -25,19 +25,25 @@ def test_single_run_writes_under_out_root(data_root, tmp_path):
 
 
 def test_two_job_multirun_with_joblib(data_root, tmp_path):
+    shown = [o for o in SHORT if o != "trainer.progress=false"]  # the bars shown, as a user sees them
     r = run_cli(["bnlab.train", "-m", f"data.root={data_root}", f"out_root={tmp_path}", "norm=none,batch",
-                 "hydra.launcher.n_jobs=2", *SHORT])
+                 "hydra.launcher.n_jobs=2", *shown])
     assert r.returncode == 0, r.stderr
     dirs = sorted(p.name for p in (tmp_path / "cpu" / "adhoc").iterdir() if p.is_dir())
     assert [d.split(",")[0] for d in dirs] == ["norm=batch", "norm=none"]  # named by the overrides
     for d in dirs:
         s = json.loads((tmp_path / "cpu" / "adhoc" / d / "summary.json").read_text())
         assert s["status"] == "finished" and s["threads"] == 1  # one thread per parallel job
+    assert "[bnlab] sweep of 2 runs: 2 finished, 0 diverged, 0 failed" in r.stdout
+    bar = r.stderr.replace("\r", "\n").splitlines()
+    assert any(line.startswith("sweep: 100%|") and "2/2 runs" in line for line in bar)  # one bar, by cost
+    assert not any(line.lstrip().startswith(("norm=", "0%")) for line in bar)  # no bar per run
 
 
 def test_misspelt_key_and_wrong_type_are_clear_errors(tmp_path):
     r = run_cli(["bnlab.train", f"out_root={tmp_path}", "optim.lrr=0.1"])
-    assert r.returncode != 0 and "Key 'lrr' not in 'OptimConfig'" in r.stderr
+    assert r.returncode != 0 and "optim.lrr is not a config key; did you mean `optim.lr`?" in r.stderr
+    assert "To append to your config" not in r.stderr  # with `+` the run would go ahead and ignore the key
     r = run_cli(["bnlab.train", f"out_root={tmp_path}", "optim.lr=fast"])
     assert r.returncode != 0 and "could not be converted to Float" in r.stderr
     r = run_cli(["bnlab.train", f"out_root={tmp_path}", "model.arch=rnn"])
@@ -66,6 +72,26 @@ def test_missing_data_offline_is_one_clear_message(tmp_path):
                 env_extra={"HYDRA_FULL_ERROR": "0"})
     assert r.returncode != 0
     assert "mnist is not available under data root" in r.stderr and "BNLAB_DATA" in r.stderr
+
+
+def test_keys_below_claims_and_hydra_are_free(data_root, tmp_path):
+    """An experiment names its claims and their params, and Hydra's settings are Hydra's: no key there is a
+    misspelling of a schema key."""
+    r = run_cli(["bnlab.train", "experiment=fig1", "+claims.I1_faster.params.extra=0.5", "hydra.job.chdir=false",
+                 f"data.root={data_root}", f"out_root={tmp_path}", *SHORT])
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_failed_download_says_why(tmp_path):
+    """torchvision's MNIST error names only the file; the reason (here: a proxy that refuses, so that the test
+    needs no network and downloads nothing where there is one) is in the message."""
+    (tmp_path / "data").mkdir()
+    refusing = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": "",
+                "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    r = run_cli(["bnlab.train", f"data.root={tmp_path / 'data'}", f"out_root={tmp_path / 'out'}"], env_extra=refusing)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "(download failed: " in r.stderr and "Connection refused" in r.stderr
+    assert not list((tmp_path / "out").rglob(".hydra"))  # no run folder
 
 
 def test_submitit_local_launcher_runs_a_sweep(data_root, tmp_path):

@@ -29,6 +29,16 @@ def test_plot_draws_any_runs_grouped_by_any_key(sweep, tmp_path, capsys, kind, e
     assert (tmp_path / f"{kind}.png").stat().st_size > 10_000 and (tmp_path / f"{kind}.pdf").exists()
 
 
+def test_plot_lands_beside_the_runs_not_in_the_current_directory(sweep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["lr", str(sweep)])
+    main(["curves", str(sweep / "norm=none,optim.lr=0.1"), str(sweep / "norm=batch,optim.lr=0.1")])
+    main(["percentiles", str(sweep / "norm=none,optim.lr=0.1"), "--layer", "2"])  # a lone run: its sweep folder
+    assert all((sweep / f"plot_{kind}.{ext}").is_file() for kind in ("lr", "curves", "percentiles")
+               for ext in ("png", "pdf"))
+    assert not list(tmp_path.iterdir())
+
+
 def test_runlog_loads_run_folders_and_sweep_folders_alike(sweep):
     one = runlog.load([sweep / "norm=none,optim.lr=0.1"])
     assert len(one) == 1 and one["norm.name"].item() == "none"

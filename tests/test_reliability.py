@@ -90,12 +90,23 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
     assert set(runs[runs.status == "finished"].stack_size) == {2}  # each pair trained as one stack
     failed = runs[runs.status == "failed"].iloc[0]
     assert "corrupt or truncated" in failed.error
+    # the sweep ends with its tally, the failed runs named by their folders
+    tally = r.stdout[r.stdout.index("[bnlab] sweep of 4 runs"):].splitlines()
+    assert tally[0] == "[bnlab] sweep of 4 runs: 2 finished, 0 diverged, 2 failed"
+    assert sorted(line.split("/")[-1] for line in tally[1:3]) == sorted(runs[runs.status == "failed"].path.str[-1:])
+    assert all(line.startswith("[bnlab]   failed: ") for line in tally[1:3])
     assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()
 
 
 CANNOT_RUN = {  # what makes a run impossible before it starts, and the message that must say so
     "missing data": (["data.root={tmp}/nowhere", "data.download=false"], "mnist is not available under data root"),
     "invalid config": (["data.root={data}", "model.dropout=1.5"], "model.dropout=1.5 must be in [0, 1)"),
+    # Hydra accepts any key added with `+`; the run would ignore it
+    "unknown key": (["data.root={data}", "+optim.lrr=0.1"], "optim.lrr is not a config key; did you mean `optim.lr`?"),
+    # Hydra's own message would suggest that `+`
+    "misspelt key": (["data.root={data}", "optim.lrr=0.1"], "optim.lrr is not a config key; did you mean `optim.lr`?"),
+    # a download would create the folder: a mistyped root would pass for a dataset folder
+    "missing data folder": (["data.root={tmp}/nowhere"], "(no such folder; bnlab downloads only into a folder that"),
 }
 
 
@@ -110,7 +121,9 @@ def test_what_cannot_run_is_one_message_before_any_run(data_root, tmp_path, mode
                  f"out_root={tmp_path / 'out'}", "trainer.steps=10"])
     assert r.returncode != 0
     assert r.stderr.count(message) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "To append to your config" not in r.stderr  # Hydra's hint to add a misspelt key with `+`
     assert not list((tmp_path / "out").rglob("summary.json")) and not list((tmp_path / "out").rglob(".hydra"))
+    assert not (tmp_path / "nowhere").exists()  # no data root made as a side effect
 
 
 def test_unwritable_out_root_is_refused_before_any_job(tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from experiments.santurkar_theory import BNLayer, block_quad_forms, lemma_4_5, obs_4_3, thm_4_1, thm_4_2, thm_4_4
+from bnlab.experiments.santurkar_theory import BNLayer, block_quad_forms, lemma_4_5, obs_4_3, thm_4_1, thm_4_2, thm_4_4
 from tests.test_models import model
 
 A = math.sqrt(1.5)  # y = (0, 1, 2): mu = 1, sigma^2 = 2/3, y_hat = (-A, 0, A)

@@ -114,6 +114,7 @@ def test_finished_run_is_skipped_and_changed_config_retrains(data_root, tmp_path
     ("model.residual=true trainer.jacobian_examples=5", "model.residual=True norm=none"),
     ("norm.last_layers=4", "norm.last_layers=4 must be between 0 (every hidden layer) and the 3 hidden layers"),
     ("model=cnn model.residual=true", "model.residual=true is for model=mlp"),
+    ("+optim.lrr=0.1", "optim.lrr is not a config key; did you mean `optim.lr`"),  # `+`: Hydra accepts any key
 ])
 def test_bad_values_are_refused_with_the_key_and_the_fix(data_root, tmp_path, override, message):
     cfg = make_cfg(data_root, tmp_path, override.split())
