@@ -51,11 +51,35 @@ def test_plot_names_a_key_it_does_not_know(sweep, tmp_path):
         main(["lr", str(sweep), "--by", "optim.lrr", "--out", str(tmp_path / "x")])
 
 
-def test_the_figure_1_notebook_runs(sweep, monkeypatch):
-    monkeypatch.setenv("BNLAB_FIG1_RUNS", str(sweep))
+def run_notebook() -> dict:
+    """The code cells of examples/figure1.ipynb, run in one namespace as Jupyter runs them, less IPython's magics
+    (%matplotlib: Jupyter's alone); the outputs saved with it are not read."""
     notebook = json.loads((REPO_ROOT / "examples" / "figure1.ipynb").read_text())
     namespace: dict = {}
     for cell in notebook["cells"]:
         if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), namespace)  # noqa: S102  (our own notebook)
-    assert len(namespace["runs"]) == 4 and namespace["fig"].axes[0].get_title().startswith("(a)")
+            code = "".join(line for line in cell["source"] if not line.lstrip().startswith("%"))
+            exec(code, namespace)  # noqa: S102  (our own notebook)
+    return namespace
+
+
+def test_the_figure_1_notebook_runs(sweep, monkeypatch):
+    monkeypatch.setenv("BNLAB_FIG1_RUNS", str(sweep))
+    namespace = run_notebook()
+    a, b, c = namespace["fig"].axes
+    assert len(namespace["runs"]) == 4 and a.get_title().startswith("(a)")
+    shared = b.get_shared_y_axes()  # (b) and (c) on one y-axis, (a) on its own
+    assert shared.joined(b, c) and not shared.joined(a, b) and b.get_ylim() == c.get_ylim()
+
+
+def test_the_figure_1_notebook_unpacks_only_fig1_and_outside_results_on_a_fresh_clone(monkeypatch, tmp_path):
+    monkeypatch.delenv("BNLAB_FIG1_RUNS", raising=False)
+    monkeypatch.setattr("bnlab.config.REPO_ROOT", tmp_path / "clone")  # no runs on disk; the committed archive stays
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    namespace = run_notebook()
+    runs = namespace["RUNS"]
+    assert runs.parent.parent == tmp_path / "tmp" and [p.name for p in runs.parent.iterdir()] == ["fig1"]
+    assert len(namespace["runs"]) == len(list(runs.glob("*/config.yaml"))) > 0
+    namespace["unpacked"].cleanup()
+    assert not list((tmp_path / "tmp").iterdir())
