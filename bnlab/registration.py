@@ -20,6 +20,7 @@ import pandas as pd
 
 from bnlab.claims import FIRST_SEEDS, MAGNITUDE_SHARE, MORE_SEEDS, Criterion
 from bnlab.config import CONFIG_DIR, REPO_ROOT
+from bnlab.runlog import DONE
 
 CONFIRMATORY_SEEDS = list(range(100, 100 + FIRST_SEEDS + MORE_SEEDS))  # no exploratory run uses a seed >= 100
 
@@ -95,9 +96,11 @@ def check(frozen: dict | None, now: dict, runs: pd.DataFrame, freeze: str | None
         return ["no committed registration: criteria were never frozen"]
     problems = [f"changed after the freeze: {d}" for d in differences(frozen, now)]
     if len(runs):
-        shas = runs.git_sha.astype(str)
-        verdict = {sha: after(sha, freeze) for sha in sorted(set(shas))}
-        problems += [f"{int((shas == sha).sum())} confirmatory runs trained at {sha[:10]}, "
+        # a run still training (or killed) has no summary, hence no commit yet; the analyses do not read it
+        done = runs[runs.status.isin(DONE)] if "status" in runs else runs
+        shas = done.git_sha.map(lambda sha: "" if pd.isna(sha) else str(sha))
+        verdict = {sha: after(sha, freeze) if sha else None for sha in sorted(set(shas))}
+        problems += [f"{int((shas == sha).sum())} confirmatory runs trained at {sha[:10] or 'an unrecorded commit'}, "
                      + ("not at or after the freeze" if ok is False else "which git cannot place against the freeze")
                      for sha, ok in verdict.items() if not ok]
         reused = sorted(set(runs.seed.astype(int)) & exploratory_seeds)

@@ -114,8 +114,9 @@ def test_a_confirmatory_sweep_trains_fresh_seeds_apart_and_chooses_nothing_itsel
     report = run_cli(["bnlab.report", "--scale", "smoke", "--out-dir", str(tmp_path / "report"), *common])
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "report" / "REPORT.md").read_text()
+    page = (tmp_path / "report" / "report" / "gamma_beta.md").read_text()
     assert "- no committed registration: criteria were never frozen" in text
-    assert "not testable: its best rate was not frozen ('no choice for norm.affine among these runs')" in text
+    assert "not testable: its best rate was not frozen ('no choice for norm.affine among these runs')" in page
 
 
 def test_runs_git_cannot_place_fail_the_check(history):
@@ -131,3 +132,13 @@ def test_the_frozen_record_is_the_committed_one(history):
     path = history["repo"] / "registration.json"
     path.write_text('{"edited": true}')  # after the freeze, uncommitted
     assert committed(path, history["freeze"], history["repo"]) == {}
+
+
+def test_a_run_still_training_is_no_problem_and_a_finished_one_without_a_commit_is(history):
+    after = functools.partial(at_or_after, repo=history["repo"])
+    table = pd.DataFrame([{"git_sha": history["after"], "seed": 100, "status": "finished"},
+                          {"git_sha": float("nan"), "seed": 101, "status": "incomplete"}])  # no summary yet
+    assert check(history["frozen"], history["frozen"], table, history["freeze"], set(), after) == []
+    table.loc[1, "status"] = "finished"
+    assert check(history["frozen"], history["frozen"], table, history["freeze"], set(), after) == [
+        "1 confirmatory runs trained at an unrecorded commit, which git cannot place against the freeze"]
