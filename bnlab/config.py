@@ -226,6 +226,7 @@ class Claim:
 
     source: str = MISSING  # paper, section, figure
     statement: str = MISSING  # what is measured, in words, fixed before the confirmatory runs
+    measures: str = ""  # what one replicate's value is, in words, for the report's one-line row
     setup: str = MISSING  # our setup, in a few words: model, data, steps
     paper: str = ""  # the paper's own words and numbers
     paper_effect: float | None = None  # the paper's effect on this claim's quantity, as a number

@@ -137,6 +137,16 @@ def test_every_claim_declares_a_criterion_that_can_fail_and_pass():
                 assert lo < c.threshold < hi, (name, claim_id)
 
 
+def test_every_claim_says_in_one_line_what_it_measures():
+    """Every claim (checks too) declares `measures`: the report's one-line row, at most 90 characters."""
+    from bnlab.sweeps import experiment_config, experiment_names
+
+    for name in experiment_names():
+        for claim_id, claim in experiment_config(name, "cpu").claims.items():
+            text = claim.measures
+            assert text.strip() and len(text) <= 90 and "\n" not in text, (name, claim_id, text)
+
+
 def test_seeds_that_all_never_reach_the_target_fail_rather_than_vanish():
     """Infinitely many steps in every seed is past any `le` threshold: not reproduced, not untestable; one such
     seed among finite ones leaves the cell not testable (no interval)."""
