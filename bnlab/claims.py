@@ -40,6 +40,7 @@ MAGNITUDE_SHARE = 0.5  # of the paper's effect, on the claim's scale (a ratio: t
 CONFIDENCE = 0.95
 FIRST_SEEDS = 5  # a confirmatory cell starts with this many fresh seeds ...
 MORE_SEEDS = 5  # ... and an inconclusive one gets this many more, once; its verdict is then final
+SIGNIFICANT = 6  # digits a table's CSV keeps: past them a float is arithmetic noise (0.11229999999999996)
 
 
 @dataclass
@@ -71,12 +72,14 @@ class Context:
         self.figures.append(path)
         return path
 
-    def write_table(self, stem: str, table: pd.DataFrame, caption: str) -> None:
+    def write_table(self, stem: str, table: pd.DataFrame, caption: str, infinite: str = "infinite") -> None:
         """A cell may hold one value per seed (a list): the CSV gets its median, min, max and n as numbers,
-        the report its 'median [min, max] (n)'."""
+        the report its 'median [min, max] (n)'. The CSV holds numbers only: floats to SIGNIFICANT digits, and an
+        infinity (a target never reached, ...) left empty, with a column beside it saying where: `infinite` names
+        what an infinity means in this table ('never reached')."""
         path = self.out_dir / "tables" / f"{self.name}_{stem}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path.with_suffix(".csv"), spread_out(table).to_csv(index=False))
+        atomic_write_text(path.with_suffix(".csv"), for_csv(spread_out(table, infinite)).to_csv(index=False))
         shown = table.copy()
         for col in per_seed_columns(table):
             shown[col] = table[col].map(plots.median_range)
@@ -88,18 +91,40 @@ def per_seed_columns(table: pd.DataFrame) -> list:
     return [c for c in table.columns if table[c].map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any()]
 
 
-def spread_out(table: pd.DataFrame) -> pd.DataFrame:
-    """Each column of per-seed lists becomes four numeric columns: '<col> median', 'min', 'max', 'n'."""
+def is_infinite(v) -> bool:
+    return isinstance(v, (float, np.floating)) and math.isinf(v)
+
+
+def spread_out(table: pd.DataFrame, infinite: str = "infinite") -> pd.DataFrame:
+    """Each column of per-seed lists becomes four numeric columns: '<col> median', 'min', 'max', 'n'. A column
+    with an infinity gets one more beside it, since the CSV leaves infinities empty: '<col> n <infinite>' (how many
+    replicates are infinite) for per-seed lists, '<col> <infinite>' (True where the value is) otherwise."""
     out, spread = pd.DataFrame(index=table.index), per_seed_columns(table)
     for col in table.columns:
         if col not in spread:
             out[col] = table[col]
+            if table[col].map(is_infinite).any():
+                out[f"{col} {infinite}"] = table[col].map(is_infinite)
             continue
         values = table[col].map(lambda v: np.asarray(measured(list(np.atleast_1d(v))), dtype=float))
         for name, fn in (("median", np.median), ("min", np.min), ("max", np.max)):
             out[f"{col} {name}"] = values.map(lambda v, fn=fn: float(fn(v)) if len(v) else np.nan)
         out[f"{col} n"] = values.map(len)
+        infinities = values.map(lambda v: int(np.isinf(v).sum()))
+        if infinities.any():
+            out[f"{col} n {infinite}"] = infinities
     return out
+
+
+def for_csv(table: pd.DataFrame) -> pd.DataFrame:
+    """Every float to SIGNIFICANT digits, an infinity as NaN (an empty CSV field; spread_out says where)."""
+    def number(v):
+        if not isinstance(v, (float, np.floating)) or not math.isfinite(v):
+            return np.nan if is_infinite(v) else v
+        return float(f"{v:.{SIGNIFICANT}g}")
+
+    columns = [col.map(number) if col.dtype.kind in "fO" else col for _, col in table.items()]
+    return pd.concat(columns, axis=1) if columns else table
 
 
 def measured(values: list[float]) -> list[float]:

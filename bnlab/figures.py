@@ -1,12 +1,14 @@
 """Multi-panel figures that more than one experiment draws (experiments do not import each other)."""
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from bnlab import plots, runlog
 from bnlab.analysis import curves, moment_change, select
 from bnlab.claims import Context
 
 ARMS = ("none", "batch")
+FAINT = 0.12  # a band's alpha where bands overlap or are wide: the lines must show through them
 
 
 def curves_by_lr(axes, runs, arms, lrs, column: str, ylim, title: str = "6 x 100 ReLU MLP, MNIST",
@@ -63,11 +65,12 @@ def ics_and_landscape(ctx: Context, runs: pd.DataFrame, title: str, stem: str) -
         color, label = plots.COLORS[arm], plots.LABELS[arm]
         for j, layer in enumerate(layers):
             plots.band(ax[0, 2 * j], probe_curves(runs, arm, "ics", "l2", layer=layer), "step", "l2", color, label)
+            # the cosine jumps from probe to probe: a min-max band over seeds would cover [-1, 1] and the line
             plots.band(ax[0, 2 * j + 1], probe_curves(runs, arm, "ics", "cos", layer=layer), "step", "cos", color,
-                       label)
+                       label, spread="iqr", alpha=FAINT)
             ax[0, 2 * j].set(yscale="log", title=f"ICS ||G - G'||, layer {layer + 1}", xlabel="step", ylabel="l2")
-            ax[0, 2 * j + 1].set(title=f"ICS cos(G, G'), layer {layer + 1}", xlabel="step", ylabel="cosine",
-                                 ylim=(-1, 1.05))
+            ax[0, 2 * j + 1].set(title=f"ICS cos(G, G'), layer {layer + 1}", xlabel="step",
+                                 ylabel="cosine (median, quartiles)", ylim=(-1, 1.05))
         for direction, style in (("gradient", "-"), ("random", ":")):
             cs = probe_curves(runs, arm, "landscape", "loss", direction=direction)
             if direction == "gradient":
@@ -75,15 +78,17 @@ def ics_and_landscape(ctx: Context, runs: pd.DataFrame, title: str, stem: str) -
                 for c in cs:
                     ax[1, 3].scatter(c["loss"], c["range"], s=4, color=color, alpha=0.5,
                                      label=label if c is cs[0] else None)
-            plots.band(ax[1, 1], cs, "step", "grad_change", color, f"{label}, {direction}", linestyle=style)
-            plots.band(ax[1, 2], cs, "step", "beta", color, f"{label}, {direction}", linestyle=style)
+            for a, column in ((ax[1, 1], "grad_change"), (ax[1, 2], "beta")):  # four bands on one another
+                plots.band(a, cs, "step", column, color, f"{label}, {direction}", alpha=FAINT, linestyle=style)
     ax[1, 0].set(yscale="log", title="loss range along the gradient", xlabel="step", ylabel="max - min loss")
     ax[1, 1].set(yscale="log", title="gradient predictiveness", xlabel="step", ylabel="max ||grad change||")
     ax[1, 2].set(yscale="log", title="effective beta-smoothness", xlabel="step", ylabel="max change / step")
     ax[1, 3].set(xscale="log", yscale="log", title="loss range at equal training loss",
                  xlabel="training-batch loss", ylabel="max - min loss")
-    for a in (ax[0, 0], ax[1, 1], ax[1, 3]):
-        a.legend(fontsize=7)
+    # one legend below the panels: a panel's own sat on its lines; the colours are the arms in every panel
+    plots.shared_legend(fig, [ax[0, 0]], extra=[Line2D([], [], color="k", ls=style, label=f"along {direction}")
+                                                for direction, style in (("the gradient", "-"),
+                                                                         ("a random direction", ":"))])
     for a in ax[0, 2 * len(layers):]:
         a.set_visible(False)
     fig.suptitle(title)

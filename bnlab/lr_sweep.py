@@ -69,7 +69,8 @@ def measure_cell(cell: pd.DataFrame, cell_all: pd.DataFrame, frac: float, trains
 
 def draw_cell(axes: tuple, cell: pd.DataFrame, title: str, frac: float, target: float) -> None:
     """Accuracy against the learning rate (diverged runs as crosses, each arm's trainable floor), curves at each
-    arm's own best rate, and the last layer's unit-0 percentiles there (first seed)."""
+    arm's own best rate, and the last layer's unit-0 percentiles there (first seed); the legends are the figure's
+    (`draw_sweep`), the same for every cell."""
     ax, ax_curve, ax_pct = axes
     best_acc = cell.assign(score=score(cell)).groupby(["norm.name", "optim.lr"]).score.median()
     best = best_lr(cell, "norm.name")
@@ -84,7 +85,7 @@ def draw_cell(axes: tuple, cell: pd.DataFrame, title: str, frac: float, target: 
                    label=f"{frac:.0%} of {plots.LABELS[arm]}'s best")
         curve_runs = select(cell, norm__name=arm, optim__lr=best.get(arm, math.nan))
         plots.band(ax_curve, list(curves(curve_runs).values()), "step", "test_acc", plots.COLORS[arm],
-                   f"{plots.LABELS[arm]} (lr {best.get(arm, math.nan):g})")
+                   plots.LABELS[arm])
         if len(curve_runs):
             acts = runlog.activations(curve_runs.sort_values("seed").path.iloc[0])
             a = acts[acts.layer == acts.layer.max()]
@@ -93,10 +94,9 @@ def draw_cell(axes: tuple, cell: pd.DataFrame, title: str, frac: float, target: 
             ax_pct[col].set(title=f"{title}, {plots.LABELS[arm]} lr {best[arm]:g}", xlabel="step",
                             ylabel="input of last nonlinearity")
     ax.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", title=title, ylim=(0, 1))
-    ax.legend(fontsize=6)
-    ax_curve.axhline(target, color="k", lw=0.6, ls="--")
-    ax_curve.set(xlabel="step", ylabel="test accuracy", title=f"{title} (own best lr)")
-    ax_curve.legend(fontsize=7)
+    ax_curve.axhline(target, color="k", lw=0.6, ls="--", label="target accuracy")
+    ax_curve.set(xlabel="step", ylabel="test accuracy", title=f"{title}\nown best lr: "
+                 + ", ".join(f"{plots.LABELS[arm]} {best.get(arm, math.nan):g}" for arm in ARMS))
 
 
 def draw_steps_to_target(rows: list[dict], arch: str):
@@ -114,29 +114,44 @@ def draw_steps_to_target(rows: list[dict], arch: str):
     return fig
 
 
+def draw_sweep(ctx: Context, runs: pd.DataFrame, cells: list, frac: float, targets: dict) -> str:
+    """Per cell: accuracy against the learning rate, curves at each arm's best rate and the percentiles there,
+    one figure each, each with one legend below its panels; returns the path of the first."""
+    arch = ctx.cfg.model.arch
+    fig_lr, ax_lr = plots.subplots(len(cells), width=3.0)
+    fig_curve, ax_curve = plots.subplots(len(cells), width=3.0)
+    fig_pct, ax_pct = plots.subplots(len(cells), 2, width=3.0, height=2.2)
+    for i, (data, act) in enumerate(cells):
+        draw_cell((ax_lr[0, i], ax_curve[0, i], ax_pct[:, i]), select(runs, data__name=data, model__activation=act),
+                  f"{arch}: {data}, {act}", frac, targets[data])
+    labels = [plots.LABELS[arm] for arm in ARMS]
+    plots.shared_legend(fig_lr, ncol=3, order=[*labels, *(f"{frac:.0%} of {label}'s best" for label in labels),
+                                               *(f"{label} diverged" for label in labels)])
+    plots.shared_legend(fig_curve)
+    fig_path = plots.save(fig_lr, ctx.figure_path("accuracy_vs_lr"))
+    plots.save(fig_curve, ctx.figure_path("curves_best_lr"))
+    plots.save(fig_pct, ctx.figure_path("percentiles"))
+    return fig_path
+
+
 def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: str | None = None) -> list[Finding]:
     runs = done(ctx.runs)
     cells = sorted(runs.groupby(["data.name", "model.activation"]).groups)
     arch, claims = ctx.cfg.model.arch, ctx.cfg.claims
     frac, trains_at_all = claims[lr_claim].params.trainable_fraction, claims[lr_claim].params.trains_at_all
-    fig_lr, ax_lr = plots.subplots(len(cells), width=3.0)
-    fig_curve, ax_curve = plots.subplots(len(cells), width=3.0)
-    fig_pct, ax_pct = plots.subplots(len(cells), 2, width=3.0, height=2.2)
+    targets = {data: claims[speed_claim].params[f"target_{data}"] for data, _ in cells}
+    fig_path = draw_sweep(ctx, runs, cells, frac, targets)
     rows, ratios = [], {"lr": {}, "speed": {}, "shared": {}}
-    for i, (data, act) in enumerate(cells):
-        cell = select(runs, data__name=data, model__activation=act)
-        target = claims[speed_claim].params[f"target_{data}"]
-        draw_cell((ax_lr[0, i], ax_curve[0, i], ax_pct[:, i]), cell, f"{arch}: {data}, {act}", frac, target)
-        cell_ratios, row = measure_cell(cell, select(ctx.runs, data__name=data, model__activation=act), frac,
-                                        trains_at_all, target)
+    for data, act in cells:
+        cell_ratios, row = measure_cell(select(runs, data__name=data, model__activation=act),
+                                        select(ctx.runs, data__name=data, model__activation=act), frac,
+                                        trains_at_all, targets[data])
         for key, values in cell_ratios.items():
             ratios[key][f"{data}/{act}"] = values
         rows.append({"data": data, "activation": act, **row})
-    fig_path = plots.save(fig_lr, ctx.figure_path("accuracy_vs_lr"))
-    plots.save(fig_curve, ctx.figure_path("curves_best_lr"))
-    plots.save(fig_pct, ctx.figure_path("percentiles"))
     ctx.write_table("summary", pd.DataFrame(rows), f"{arch} sweep per cell: best rates, median over seeds of the "
-                    "largest trainable rate and of the steps to the target (inf: never reached)")
+                    "largest trainable rate and of the steps to the target (inf, an empty cell in the CSV: never "
+                    "reached)", infinite="never reached")
     speed = runs.groupby(["data.name", "model.activation", "norm.name"]).steps_per_s.median().round(0)
     ctx.write_table("steps_per_s", speed.reset_index(), f"{arch} training speed: median steps/s over all runs "
                     "of a configuration (1 thread per run, 2 runs in parallel)")

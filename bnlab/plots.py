@@ -24,8 +24,50 @@ plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "f
                      "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False})
 
 
+MAX_COLUMNS = 4  # a wider row of panels is too small to read on a page: more panels wrap to another row
+
+
 def subplots(ncols: int = 1, nrows: int = 1, width: float = 3.6, height: float = 2.8, **kw):
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+
+
+def panels(n: int, width: float = 3.6, height: float = 2.8, **kw):
+    """(figure, list of n axes): n panels in rows of at most MAX_COLUMNS, as even as they go (6: two rows of 3),
+    the grid's spare cells hidden."""
+    rows = -(-n // MAX_COLUMNS)
+    fig, ax = subplots(-(-n // rows), rows, width, height, **kw)
+    for a in ax.flat[n:]:
+        a.set_visible(False)
+    return fig, list(ax.flat[:n])
+
+
+def shared_legend(fig, axes=None, ncol: int | None = None, order: tuple | list = (), extra: tuple | list = ()) -> None:
+    """One legend for the figure, below its panels, with every distinct label of `axes` (default: all): in place
+    of a legend per panel, which repeats itself, shrinks, moves from panel to panel and gets in the data's way.
+    Labels in `order` come first, in that order (matplotlib fills the legend column by column); `extra`: artists
+    that stand for no one line, say a line style's meaning, go last."""
+    handles: dict = {}
+    for a in fig.axes if axes is None else axes:
+        for handle, label in zip(*a.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+        if a.get_legend():
+            a.get_legend().remove()
+    labels = sorted(handles, key=lambda label: order.index(label) if label in order else len(order))
+    for artist in extra:
+        handles.setdefault(artist.get_label(), artist)
+        labels.append(artist.get_label())
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, loc="lower center", bbox_to_anchor=(0.5, 0),
+                   ncol=ncol or min(len(labels), 4))
+
+
+def legend_room(fig) -> tuple[float, float, float, float]:
+    """The rectangle tight_layout may fill: the whole figure less a strip at the bottom for a shared legend."""
+    if not fig.legends:
+        return (0, 0, 1, 1)
+    renderer = fig.canvas.get_renderer()
+    height = max(legend.get_window_extent(renderer).height for legend in fig.legends)
+    return (0, height / fig.bbox.height, 1, 1)
 
 
 def readable_log_axes(fig) -> None:
@@ -47,7 +89,7 @@ def save(fig, path: Path) -> str:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     readable_log_axes(fig)
-    fig.tight_layout()
+    fig.tight_layout(rect=legend_room(fig))
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=200 if ext == "png" else None,
@@ -57,14 +99,18 @@ def save(fig, path: Path) -> str:
     return str(path.with_suffix(".png"))
 
 
-def band(ax, curves: list[pd.DataFrame], x: str, y: str, color: str, label: str, **kw) -> None:
-    """Median over seeds as a line, min-max over seeds as a shaded band (curves aligned on x)."""
+def band(ax, curves: list[pd.DataFrame], x: str, y: str, color: str, label: str, spread: str = "range",
+         alpha: float = 0.2, **kw) -> None:
+    """Median over seeds as a line, over a shaded band (curves aligned on x): min-max over seeds, or with
+    spread="iqr" the interquartile range, for a quantity so noisy that min-max would bury the line."""
     if not curves:
         return
     table = pd.concat([c.set_index(x)[y].rename(i) for i, c in enumerate(curves)], axis=1).sort_index()
     xs = table.index.to_numpy()
-    ax.plot(xs, table.median(axis=1), color=color, label=label, **kw)
-    ax.fill_between(xs, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, linewidth=0)
+    low, high = (table.quantile(0.25, axis=1), table.quantile(0.75, axis=1)) if spread == "iqr" else \
+        (table.min(axis=1), table.max(axis=1))
+    ax.plot(xs, table.median(axis=1), color=color, label=label, zorder=3, **kw)
+    ax.fill_between(xs, low, high, color=color, alpha=alpha, linewidth=0, zorder=1)  # under every arm's line
 
 
 def errorbar(ax, grouped, color: str, label: str) -> None:

@@ -62,38 +62,71 @@ def first_blowup(grid: list[float], ratios: list[float], level: float = 1.0) -> 
 
 
 def draw(ctx: Context, runs: pd.DataFrame, seeds: list[int], steps: dict, grad_norms: dict, dists: list[float]):
-    """Accuracy against the learning rate; the one-step loss ratio against the step size; the activations' and
-    the weight gradients' scale by depth at initialisation."""
-    fig, ax = plots.subplots(4, width=3.3)
+    """Two rows of two: accuracy against the learning rate; the one-step loss ratio against the step size; the
+    activations' and the weight gradients' scale by depth at initialisation. One legend: every panel has the same
+    two arms."""
+    fig, ax = plots.subplots(2, 2, width=3.6)
+    accuracy, one_step, activations, gradients = ax.flat
     for arm in ARMS:
-        r = runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
-        g = r.groupby("optim.lr").score
-        plots.errorbar(ax[0, 0], g, plots.COLORS[arm], plots.LABELS[arm])
-        for seed in seeds:
-            ax[0, 1].plot(dists, steps[arm, seed], color=plots.COLORS[arm], alpha=0.7,
-                          label=plots.LABELS[arm] if seed == seeds[0] else None)
+        color, label = plots.COLORS[arm], plots.LABELS[arm]
+        plots.errorbar(accuracy, runs[runs["norm.name"] == arm].assign(score=lambda d: score(d))
+                       .groupby("optim.lr").score, color, label)
         first = select(runs, norm__name=arm).sort_values(["optim.lr", "seed"])
         if len(first):
             acts = runlog.activations(first.path.iloc[0])
             a = acts[acts.step == 0].sort_values("layer")
-            ax[0, 2].plot(a.layer + 1, a["std"], marker="o", ms=3, color=plots.COLORS[arm], label=plots.LABELS[arm])
+            activations.plot(a.layer + 1, a["std"], marker="o", ms=3, color=color, label=label)
         for seed in seeds:
+            one_step.plot(dists, steps[arm, seed], color=color, alpha=0.7, label=label)
             norms = grad_norms[arm, seed]
-            ax[0, 3].plot(range(1, len(norms) + 1), norms, marker="o", ms=3, color=plots.COLORS[arm], alpha=0.7,
-                          label=plots.LABELS[arm] if seed == seeds[0] else None)
-    ax[0, 0].set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
+            gradients.plot(range(1, len(norms) + 1), norms, marker="o", ms=3, color=color, alpha=0.7, label=label)
+    accuracy.set(xscale="log", xlabel="learning rate", ylabel="final test accuracy", ylim=(0, 1),
                  title=f"{ctx.cfg.model.depth}-layer ReLU MLP, {ctx.cfg.trainer.steps} steps")
-    ax[0, 1].axhline(1, color="k", lw=0.6, ls="--")
-    ax[0, 1].axhline(ctx.cfg.claims.B3_one_step_blowup.params.explosion, color="k", lw=0.6, ls=":")
-    ax[0, 1].set(xscale="log", yscale="log", xlabel="step length d = eta |g|", ylabel="L(theta - d g/|g|) / L(theta)",
+    one_step.axhline(1, color="k", lw=0.6, ls="--")
+    one_step.axhline(ctx.cfg.claims.B3_one_step_blowup.params.explosion, color="k", lw=0.6, ls=":")
+    one_step.set(xscale="log", yscale="log", xlabel="step length d = eta |g|", ylabel="L(theta - d g/|g|) / L(theta)",
                  title="one step at initialisation")
-    ax[0, 2].set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
-                 title="activation scale at initialisation")
-    ax[0, 3].set(yscale="log", xlabel="weight layer (last: output)", ylabel="|dL/dW| (Frobenius)",
-                 title="gradient at initialisation")
-    for a in ax[0]:
-        a.legend(fontsize=7)
+    activations.set(yscale="log", xlabel="hidden layer", ylabel="std of pre-activations",
+                    title="activation scale at initialisation")
+    gradients.set(yscale="log", xlabel="weight layer (last: output)", ylabel="|dL/dW| (Frobenius)",
+                  title="weight gradients at initialisation")
+    plots.shared_legend(fig, [activations])  # plain lines, not the error bars, stand for the arms
     return fig
+
+
+def write_tables(ctx: Context, runs: pd.DataFrame, seeds: list[int], grad_norms: dict) -> None:
+    """Final accuracy by learning rate, and the weight gradients' norms at initialisation by layer."""
+    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
+    ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
+    layers = range(len(grad_norms[ARMS[0], seeds[0]]))
+    ctx.write_table("grad_norm_init", pd.DataFrame(
+        {"weight layer": [i + 1 for i in layers], "output layer": [i == len(layers) - 1 for i in layers],
+         **{plots.LABELS[arm]: [list([grad_norms[arm, s][i] for s in seeds]) for i in layers]
+            for arm in ARMS},
+         "BN / none": [list([grad_norms["batch", s][i] / grad_norms["none", s][i] for s in seeds])
+                       for i in layers]}),
+        "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
+        "(a reading aid for B3_one_step_blowup, not a claim)")
+
+
+def one_step_finding(ctx: Context, seeds: list[int], dists: list[float], steps: dict, full: dict,
+                     fig_path: str) -> Finding:
+    """B3: the shortest step at initialisation that blows the loss up, BN / none, per seed."""
+    b3 = ctx.cfg.claims.B3_one_step_blowup.params
+    blowup = {arm: [first_blowup(dists, steps[arm, s], b3.explosion) for s in seeds] for arm in ARMS}
+    unmeasured = {arm: [s for s, v in zip(seeds, blowup[arm], strict=True) if math.isinf(v)] for arm in ARMS}
+    b3_values = [bn / plain if math.isfinite(bn) and math.isfinite(plain) else math.nan
+                 for bn, plain in zip(blowup["batch"], blowup["none"], strict=True)]
+    b3_untestable = {"": "; ".join(f"{plots.LABELS[arm]} never reaches a loss ratio of {b3.explosion:g} on the grid "
+                                   f"(d <= {b3.d_max:g}) in seeds {unmeasured[arm]}" for arm in ARMS
+                                   if unmeasured[arm])} if any(unmeasured.values()) else {}
+    overshoot = [ratio(first_blowup(dists, steps["batch", s]), first_blowup(dists, steps["none", s])) for s in seeds]
+    return Finding("B3_one_step_blowup", b3_values,
+                   f"shortest step d = eta |g| whose loss ratio reaches {b3.explosion:g}, per seed: BN "
+                   f"{plots.values(blowup['batch'])}, none {plots.values(blowup['none'])} (inf: never on the grid up "
+                   f"to {b3.d_max:g}); |g| at initialisation: BN {plots.values([full['batch', s] for s in seeds])}, "
+                   f"none {plots.values([full['none', s] for s in seeds])}; the first overshoot (ratio > 1), BN / "
+                   "none: " + plots.values(overshoot), fig_path, untestable=b3_untestable)
 
 
 def analyze(ctx: Context) -> list[Finding]:
@@ -103,18 +136,7 @@ def analyze(ctx: Context) -> list[Finding]:
     dists = distances(claims.B3_one_step_blowup.params)
     steps, grad_norms, full = one_step_curves(ctx, seeds, dists)
     fig_path = plots.save(draw(ctx, runs, seeds, steps, grad_norms, dists), ctx.figure_path("lr_onestep_depth"))
-    table = runs.groupby(["norm.name", "optim.lr"]).final_test_acc.apply(list).reset_index()
-    ctx.write_table("final_acc", table, "Deep ReLU MLP: final test accuracy by learning rate (diverged excluded)")
-    layers = range(len(grad_norms[ARMS[0], seeds[0]]))
-    ctx.write_table("grad_norm_init", pd.DataFrame(
-        {"weight layer": [f"{i + 1}" if i < len(layers) - 1 else f"{i + 1} (output)" for i in layers],
-         **{plots.LABELS[arm]: [list([grad_norms[arm, s][i] for s in seeds]) for i in layers]
-            for arm in ARMS},
-         "BN / none": [list([grad_norms["batch", s][i] / grad_norms["none", s][i] for s in seeds])
-                       for i in layers]}),
-        "Deep ReLU MLP at initialisation: norm of the loss gradient for each weight matrix, on the one-step batch "
-        "(a reading aid for B3_one_step_blowup, not a claim)")
-
+    write_tables(ctx, runs, seeds, grad_norms)
     per_arm = lambda arm, lr, s: final_score(select(runs, norm__name=arm, optim__lr=lr, seed=s).iloc[0])  # noqa: E731
     gap = lambda lr: [abs(100 * (per_arm("batch", lr, s) - per_arm("none", lr, s))) for s in seeds]  # noqa: E731
     small_lr, large_lr = float(claims.B1_small_lr_alike.params.lr), float(claims.B1_small_lr_alike.params.contrast_lr)
@@ -125,15 +147,6 @@ def analyze(ctx: Context) -> list[Finding]:
         "": f"BN's best rate ({best['batch']:g}) is not larger than no BN's ({best['none']:g}): the claim's mechanism, "
             "a larger usable rate, is absent (read as not reproduced)"}
 
-    b3 = claims.B3_one_step_blowup.params
-    blowup = {arm: [first_blowup(dists, steps[arm, s], b3.explosion) for s in seeds] for arm in ARMS}
-    unmeasured = {arm: [s for s, v in zip(seeds, blowup[arm], strict=True) if math.isinf(v)] for arm in ARMS}
-    b3_values = [bn / plain if math.isfinite(bn) and math.isfinite(plain) else math.nan
-                 for bn, plain in zip(blowup["batch"], blowup["none"], strict=True)]
-    b3_untestable = {"": "; ".join(f"{plots.LABELS[arm]} never reaches a loss ratio of {b3.explosion:g} on the grid "
-                                   f"(d <= {b3.d_max:g}) in seeds {unmeasured[arm]}" for arm in ARMS
-                                   if unmeasured[arm])} if any(unmeasured.values()) else {}
-    overshoot = [ratio(first_blowup(dists, steps["batch", s]), first_blowup(dists, steps["none", s])) for s in seeds]
     return [
         Finding("B1_small_lr_alike", gap(small_lr),
                 f"|BN - none| final test accuracy at the fixed rate {small_lr:g}, points, per seed (1,500 steps: BN "
@@ -142,10 +155,5 @@ def analyze(ctx: Context) -> list[Finding]:
                 f"{large_lr:g}", fig_path, contrast=gap(large_lr)),
         Finding("B2_advantage_via_large_lr", own, f"BN (best lr {best['batch']:g}) minus none (best lr "
                 f"{best['none']:g}), points", fig_path, untestable=b2_untestable),
-        Finding("B3_one_step_blowup", b3_values,
-                f"shortest step d = eta |g| whose loss ratio reaches {b3.explosion:g}, per seed: BN "
-                f"{plots.values(blowup['batch'])}, none {plots.values(blowup['none'])} (inf: never on the grid up "
-                f"to {b3.d_max:g}); |g| at initialisation: BN {plots.values([full['batch', s] for s in seeds])}, "
-                f"none {plots.values([full['none', s] for s in seeds])}; the first overshoot (ratio > 1), BN / none: "
-                + plots.values(overshoot), fig_path, untestable=b3_untestable),
+        one_step_finding(ctx, seeds, dists, steps, full, fig_path),
     ]

@@ -72,8 +72,10 @@ def draw(ctx: Context, runs: pd.DataFrame, prof: dict, seeds: list[int], best: d
                               color=COLORS[arm], alpha=0.7, label=label)
                 ax[0, 1].plot([r["layer"] + 1 for r in rows], [r["grad_norm"] for r in rows], ls=style,
                               color=COLORS[arm], alpha=0.7, label=label)
-    ax[0, 0].set(yscale="log", xlabel="hidden layer", ylabel="std of the layer's output", title="at initialisation")
-    ax[0, 1].set(yscale="log", xlabel="hidden layer", ylabel="|dL/dh| over the batch", title="at initialisation")
+    ax[0, 0].set(yscale="log", xlabel="hidden layer", ylabel="std of the layer's output",
+                 title="activations at initialisation")
+    ax[0, 1].set(yscale="log", xlabel="hidden layer", ylabel="|dL/dh| over the batch",
+                 title="gradients at initialisation")
     for arm, label in ARMS.items():
         r = runs[runs.arm == arm].assign(score=lambda d: [final_score(x) for _, x in d.iterrows()])
         plots.errorbar(ax[0, 2], r.groupby("optim.lr").score, COLORS[arm], label)
@@ -83,7 +85,7 @@ def draw(ctx: Context, runs: pd.DataFrame, prof: dict, seeds: list[int], best: d
     ax[0, 2].set(xscale="log", xlabel="learning rate", ylabel="final test accuracy (diverged: chance)", ylim=(0, 1),
                  title=f"{ctx.cfg.model.depth}-layer residual ReLU MLP")
     ax[0, 3].set(xlabel="step", ylabel="test accuracy", ylim=(0, 1), title="each at its best rate")
-    for a in ax[0]:
+    for a in ax[0, [0, 2, 3]]:  # the gradient panel has the activation panel's lines: one legend for both
         a.legend(fontsize=6)
     return fig
 

@@ -14,10 +14,10 @@ def analyze(ctx: Context) -> list[Finding]:
     fig, ax = plots.subplots(1, width=4.0)
     for arm in ARMS:
         cs = [c.dropna(subset=["train_loss"]) for c in curves(select(runs, norm__name=arm)).values()]
-        plots.band(ax[0, 0], cs, "step", "train_loss", plots.COLORS[arm], plots.LABELS[arm])
+        plots.band(ax[0, 0], cs, "step", "train_loss", plots.COLORS[arm], plots.LABELS[arm], alpha=0.12)  # five
     ax[0, 0].set(yscale="log", xlabel="step", ylabel="training loss (sum)",
                  title=f"25-layer linear net, lr {ctx.cfg.optim.lr:g}")
-    ax[0, 0].legend()
+    plots.shared_legend(fig, ncol=3)  # below the panel: inside it, the lines ran through the legend
     fig_path = plots.save(fig, ctx.figure_path("loss"))
     table = runs.groupby("norm.name").final_train_loss.apply(list).reset_index()
     ctx.write_table("final_loss", table, "Deep linear network with lp normalisation: final training loss")

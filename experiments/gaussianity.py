@@ -46,7 +46,7 @@ def analyze(ctx: Context) -> list[Finding]:
                 ax[i, j].set(title=f"{act}: {TITLES[stat]}", xlabel="step",
                              ylabel="median over units" if j == 0 else None)
         ax[i, 2].set_yscale("log")
-        ax[i, 0].legend(fontsize=7)
+    plots.shared_legend(fig)  # below the panels, off the bands
     fig.suptitle("Last hidden layer, per-unit shape over training (median and min-max over seeds)")
     fig_path = plots.save(fig, ctx.figure_path("moments"))
     rows = []

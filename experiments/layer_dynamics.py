@@ -55,7 +55,8 @@ def spread(runs: pd.DataFrame, arm: str, lr: float, step: int | None) -> str:
 
 
 def draw(ctx: Context, runs: pd.DataFrame, lrs: list[float]):
-    """Per learning rate: the shift over training (top) and each arm's typical singular value by step (bottom)."""
+    """Per learning rate: the shift over training (top) and each arm's typical singular value by step (bottom),
+    against the dotted line at 1 that Ioffe's conjecture expects."""
     fig, ax = plots.subplots(len(lrs), nrows=2, width=3.3)
     for col, lr in enumerate(lrs):
         for arm, label in ARMS.items():
@@ -70,8 +71,7 @@ def draw(ctx: Context, runs: pd.DataFrame, lrs: list[float]):
                        ylabel=f"|d mean| + |d std| per {ctx.cfg.trainer.probe_every} steps")
         ax[1, col].axhline(1, color="k", lw=0.6, ls=":")
         ax[1, col].set(xlabel="step", yscale="log", ylabel="typical singular value of d x_l / d x_(l-1)")
-        for a in ax[:, col]:
-            a.legend(fontsize=6)
+    plots.shared_legend(fig)  # every panel has the same arms; below the panels, no legend meets the line at 1
     return fig
 
 

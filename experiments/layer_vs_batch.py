@@ -13,8 +13,9 @@ def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
     target = ctx.cfg.claims.LN_faster_than_bn.params.target
-    fig, ax = plots.subplots(len(lrs), width=3.0)
-    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0.9, 1), "2 x 256 ReLU MLP, batch 128", target)
+    fig, axes = plots.panels(len(lrs), width=3.7)
+    figures.curves_by_lr(axes, runs, ARMS, lrs, "test_acc", (0.9, 1), "2 x 256 ReLU MLP, batch 128", target)
+    plots.shared_legend(fig)
     fig_path = plots.save(fig, ctx.figure_path("curves"))
     figures.final_accuracy_table(ctx, runs, "LayerNorm vs BN, MNIST MLP")
     best = best_lr(runs, "norm.name")

@@ -27,21 +27,27 @@ def arm(runs: pd.DataFrame, norm: str, lam: float) -> pd.DataFrame:
     return select(runs, norm__name=norm, trainer__moment_penalty=lam)
 
 
+def draw(runs: pd.DataFrame, lrs: list[float], arms: list[tuple], target: float):
+    """Test accuracy over training, one panel per learning rate, every arm (norm, penalty, label) in each; one
+    legend below the panels, where no line or the target's runs through it."""
+    fig, ax = plots.subplots(len(lrs), width=3.3)
+    for a, lr in zip(ax[0], lrs, strict=False):
+        for i, (norm, lam, label) in enumerate(arms):
+            cs = list(curves(select(arm(runs, norm, lam), optim__lr=lr)).values())
+            plots.band(a, cs, "step", "test_acc", plots.COLORS[norm], label, linestyle=("-", "-", "--", ":")[i])
+        a.axhline(target, color="k", lw=0.6, ls=":", label=f"target {target:g}")
+        a.set(title=f"3 x 100 sigmoid MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="test accuracy", ylim=(0.8, 1))
+    plots.shared_legend(fig)
+    return fig
+
+
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
     target = ctx.cfg.claims.MP_trains_like_bn.params.target
     arms = [("batch", 0.0, "BN"), ("none", 0.0, "no BN")] + [("none", lam, f"no BN, penalty {lam:g}")
                                                                for lam in PENALISED]
-    fig, ax = plots.subplots(len(lrs), width=3.3)
-    for a, lr in zip(ax[0], lrs, strict=False):
-        for i, (norm, lam, label) in enumerate(arms):
-            cs = list(curves(select(arm(runs, norm, lam), optim__lr=lr)).values())
-            plots.band(a, cs, "step", "test_acc", plots.COLORS[norm], label, linestyle=("-", "-", "--", ":")[i])
-        a.axhline(target, color="k", lw=0.6, ls=":")
-        a.set(title=f"3 x 100 sigmoid MLP, MNIST, lr {lr:g}", xlabel="step", ylabel="test accuracy", ylim=(0.8, 1))
-        a.legend(fontsize=7)
-    fig_path = plots.save(fig, ctx.figure_path("curves"))
+    fig_path = plots.save(draw(runs, lrs, arms, target), ctx.figure_path("curves"))
     table = runs.groupby(["norm.name", "trainer.moment_penalty", "optim.lr"]).agg(
         final_acc=("final_test_acc", list), steps_per_s=("steps_per_s", "median")).reset_index()
     ctx.write_table("final_acc", table, "Moment penalty: final test accuracy (diverged excluded) and training "

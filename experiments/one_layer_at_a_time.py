@@ -80,31 +80,52 @@ def zero_fraction(run, layer: int) -> float:
     return float((p.l2 == 0).mean()) if len(p) else math.nan
 
 
-def analyze(ctx: Context) -> list[Finding]:
-    runs = done(ctx.runs)
-    claims = ctx.cfg.claims
-    target, lr_ics = float(claims.OL_too_slow.params.target), float(claims.OL_less_shift.params.lr)
-    layers = list(ctx.cfg.trainer.ics_layers)
-    norms = [n for n in ("none", "batch") if n in set(runs["norm.name"])]
-    lrs = sorted(runs["optim.lr"].unique())
-    fast = {(n, b): fastest_lr(runs, n, b, target) for n in norms for b in BLOCKS}
-    steps_fn = lambda r: steps_to(runlog.metrics(r.path), target)  # noqa: E731
-    time_fn = lambda r: time_to(runlog.metrics(r.path), target)  # noqa: E731
-    at = lambda n, b, lr: {"norm__name": n, "optim__block": b, "optim__lr": lr}  # noqa: E731
-    cell = lambda n, b: f"{plots.LABELS[n]}, {NAMES[b]}"  # noqa: E731
-    too_slow = {cell(n, b): compared(runs, steps_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
-                for n in norms for b in RULES}
-    too_slow_wall = {cell(n, b): compared(runs, time_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
-                     for n in norms for b in RULES}
-    less_shift = {f"{cell(n, b)}, layer {i + 1}": compared(runs, lambda r, i=i: mean_ics(r, i), at(n, b, lr_ics),
-                                                         at(n, "all", lr_ics), lambda a, c: a / c if c else math.nan)
-                  for n in norms for b in RULES for i in layers}
-    expected = {i: 1 - i / 4 for i in layers}  # round-robin moves a layer below hidden layer i at i of 4 steps
-    one_layer = {plots.LABELS[n]: list(by_seed(runs, lambda r: max(abs(zero_fraction(r, i) - expected[i])
-                                                                    for i in layers),
-                                               **at(n, "round_robin", lr_ics)).values()) for n in norms}
+def at(norm: str, block: str, lr: float) -> dict:
+    """The `select` keys of one arm: normaliser, block rule and learning rate."""
+    return {"norm__name": norm, "optim__block": block, "optim__lr": lr}
 
-    # figure: test accuracy at each arm's fastest rate (row 1), ICS of the top probed layer at lr_ics (row 2)
+
+def round_robin_deviation(runs: pd.DataFrame, norm: str, layers: list[int], lr: float) -> list[float]:
+    """Per seed, the largest |fraction of ICS probes at exactly 0 - the fraction round-robin implies| over layers."""
+    expected = {i: 1 - i / 4 for i in layers}  # round-robin moves a layer below hidden layer i at i of 4 steps
+    return list(by_seed(runs, lambda r: max(abs(zero_fraction(r, i) - expected[i]) for i in layers),
+                        **at(norm, "round_robin", lr)).values())
+
+
+def cell_name(norm: str, block: str) -> str:
+    return f"{plots.LABELS[norm]}, {NAMES[block]}"
+
+
+def untestable_cells(runs: pd.DataFrame, norms: list[str], fast: dict, lr_ics: float, head: int, too_slow: dict,
+                     less_shift: dict) -> tuple[dict, dict]:
+    """Why cells of OL_too_slow and of OL_less_shift are not testable; their values with no ratio become NaN.
+    Degenerate cells: a block rule that moved only the head (0-based layer `head`) has nothing below the probed
+    layers moving (ICS = 0) and never trains the hidden layers; its ratios measure that, not "one layer at a time"."""
+    too_slow_why = {}
+    for n in norms:
+        for b in RULES:
+            share = head_moved(runs, n, b, fast[n, b], head)
+            if share >= HEAD_ONLY:
+                too_slow_why[cell_name(n, b)] = (f"degenerate: at its fastest rate the {NAMES[b]} rule moved the head "
+                                                 f"in {share:.0%} of steps, so the hidden layers hardly train")
+            elif any(not math.isfinite(v) for v in too_slow[cell_name(n, b)]):
+                too_slow_why[cell_name(n, b)] = "a run never reached the target: no ratio exists"
+    shift_why = {}
+    for key, vals in less_shift.items():
+        n, b = next((n, b) for n in norms for b in RULES if key.startswith(cell_name(n, b) + ","))
+        if any(v == 0 or not math.isfinite(v) for v in vals):
+            shift_why[key] = (f"ICS = 0: the {NAMES[b]} rule moved the head in "
+                              f"{head_moved(runs, n, b, lr_ics, head):.0%} of steps at lr {lr_ics:g}, so nothing "
+                              "below the probed layer moved")
+            vals[:] = [math.nan if v == 0 else v for v in vals]
+    for key in too_slow_why:
+        too_slow[key] = [math.nan if not math.isfinite(v) else v for v in too_slow[key]]
+    return too_slow_why, shift_why
+
+
+def draw(ctx: Context, runs: pd.DataFrame, norms: list[str], fast: dict, lr_ics: float, target: float) -> str:
+    """Test accuracy at each arm's fastest rate (row 1), ICS of the top probed layer at lr_ics (row 2)."""
+    layers = list(ctx.cfg.trainer.ics_layers)
     fig, ax = plots.subplots(len(norms), nrows=2, width=3.6)
     for j, n in enumerate(norms):
         for b in BLOCKS:
@@ -124,12 +145,18 @@ def analyze(ctx: Context) -> list[Finding]:
                      ylabel="||G - G'||", yscale="log")
         for a in ax[:, j]:
             a.legend(fontsize=7)
-    fig_path = plots.save(fig, ctx.figure_path("accuracy_ics"))
+    return plots.save(fig, ctx.figure_path("accuracy_ics"))
 
+
+def write_rate_table(ctx: Context, runs: pd.DataFrame, norms: list[str], fast: dict, target: float) -> None:
+    """Every arm at every rate: steps and training seconds to the target, speed, final accuracy and mean ICS."""
+    layers = list(ctx.cfg.trainer.ics_layers)
+    steps_fn = lambda r: steps_to(runlog.metrics(r.path), target)  # noqa: E731
+    time_fn = lambda r: time_to(runlog.metrics(r.path), target)  # noqa: E731
     rows = []
     for n in norms:
         for b in BLOCKS:
-            for lr in lrs:
+            for lr in sorted(runs["optim.lr"].unique()):
                 sel = at(n, b, lr)
                 rows.append({"norm": plots.LABELS[n], "optimiser": NAMES[b], "lr": lr,
                              "fastest": "yes" if lr == fast[n, b] else "",
@@ -140,30 +167,32 @@ def analyze(ctx: Context) -> list[Finding]:
                              **{f"mean ICS L{i + 1}": list(by_seed(runs, lambda r, i=i: mean_ics(r, i), **sel)
                                                            .values()) for i in layers}})
     ctx.write_table("table", pd.DataFrame(rows), "One layer at a time: steps, training time and ICS by optimiser "
-                    "(diverged runs excluded)")
+                    "(diverged runs excluded; inf, an empty cell in the CSV: never reached)", infinite="never reached")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    claims = ctx.cfg.claims
+    target, lr_ics = float(claims.OL_too_slow.params.target), float(claims.OL_less_shift.params.lr)
+    layers = list(ctx.cfg.trainer.ics_layers)
+    norms = [n for n in ("none", "batch") if n in set(runs["norm.name"])]
+    fast = {(n, b): fastest_lr(runs, n, b, target) for n in norms for b in BLOCKS}
+    steps_fn = lambda r: steps_to(runlog.metrics(r.path), target)  # noqa: E731
+    time_fn = lambda r: time_to(runlog.metrics(r.path), target)  # noqa: E731
+    too_slow = {cell_name(n, b): compared(runs, steps_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+                for n in norms for b in RULES}
+    too_slow_wall = {cell_name(n, b): compared(runs, time_fn, at(n, b, fast[n, b]), at(n, "all", fast[n, "all"]))
+                     for n in norms for b in RULES}
+    less_shift = {f"{cell_name(n, b)}, layer {i + 1}": compared(runs, lambda r, i=i: mean_ics(r, i),
+                                                              at(n, b, lr_ics), at(n, "all", lr_ics),
+                                                              lambda a, c: a / c if c else math.nan)
+                  for n in norms for b in RULES for i in layers}
+    one_layer = {plots.LABELS[n]: round_robin_deviation(runs, n, layers, lr_ics) for n in norms}
+
+    fig_path = draw(ctx, runs, norms, fast, lr_ics, target)
+    write_rate_table(ctx, runs, norms, fast, target)
     rates = ", ".join(f"{plots.LABELS[n]} {NAMES[b]} {fast[n, b]:g}" for n in norms for b in BLOCKS)
-    # degenerate cells: a block rule that moved only the head has nothing below the probed layers moving (ICS = 0)
-    # and never trains the hidden layers; its ratios measure that, not "one layer at a time"
-    head_share = {(n, b, lr): head_moved(runs, n, b, lr, ctx.cfg.model.depth)
-                  for n in norms for b in RULES for lr in {lr_ics, *lrs}}
-    too_slow_why = {}
-    for n in norms:
-        for b in RULES:
-            share = head_share[n, b, fast[n, b]]
-            if share >= HEAD_ONLY:
-                too_slow_why[cell(n, b)] = (f"degenerate: at its fastest rate the {NAMES[b]} rule moved the head in "
-                                            f"{share:.0%} of steps, so the hidden layers hardly train")
-            elif any(not math.isfinite(v) for v in too_slow[cell(n, b)]):
-                too_slow_why[cell(n, b)] = "a run never reached the target: no ratio exists"
-    shift_why = {}
-    for key, vals in less_shift.items():
-        n, b = next((n, b) for n in norms for b in RULES if key.startswith(cell(n, b) + ","))
-        if any(v == 0 or not math.isfinite(v) for v in vals):
-            shift_why[key] = (f"ICS = 0: the {NAMES[b]} rule moved the head in {head_share[n, b, lr_ics]:.0%} of "
-                              f"steps at lr {lr_ics:g}, so nothing below the probed layer moved")
-            vals[:] = [math.nan if v == 0 else v for v in vals]
-    for key in too_slow_why:
-        too_slow[key] = [math.nan if not math.isfinite(v) else v for v in too_slow[key]]
+    too_slow_why, shift_why = untestable_cells(runs, norms, fast, lr_ics, ctx.cfg.model.depth, too_slow, less_shift)
     wall_why = {c: WALL_CLOCK for c in too_slow_wall}
     return [
         Finding("OL_too_slow", too_slow, f"steps to {target:.0%} test accuracy, block-coordinate / full SGD, per "

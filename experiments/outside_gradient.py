@@ -46,12 +46,14 @@ def analyze(ctx: Context) -> list[Finding]:
     runs, plain = done(ctx.runs[~nobeta]), done(ctx.runs[nobeta])
     lrs = sorted(runs["optim.lr"].unique())
     fig, ax = plots.subplots(len(lrs), nrows=2, width=3.2)
-    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0, 1), "3 x 100 sigmoid MLP, MNIST")
+    figures.curves_by_lr(ax[0], runs, ARMS, lrs, "test_acc", (0, 1), "accuracy")
     figures.curves_by_lr(ax[1], runs, ("none", "batch_detached"), lrs, "bias_norm_L0", None, "bias drift")
     for a in ax[1]:
         a.set(ylabel="first hidden layer's |b|")
         a.set_yscale("symlog", linthresh=1e-3)  # the biases start at 0
         a.set_ylim(bottom=0)
+    plots.shared_legend(fig)  # every panel's own legend sat on its lines
+    fig.suptitle("3 x 100 sigmoid MLP, MNIST")
     fig_path = plots.save(fig, ctx.figure_path("accuracy_bias"))
     figures.final_accuracy_table(ctx, runs, "Statistics outside the gradient")
     best = best_lr(runs, "norm.name")

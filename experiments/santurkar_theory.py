@@ -217,6 +217,15 @@ def draw(per_unit: pd.DataFrame, lemma: pd.DataFrame):
     return fig
 
 
+def write_per_seed(ctx: Context, values: dict, seeds: list[int]) -> None:
+    ctx.write_table("per_seed", pd.DataFrame(
+        [{"seed": s, "point": p, **values[s, p]} for s in seeds for p in POINTS]),
+        "Santurkar §4 checks per seed and point (T1, T4: largest lhs/rhs over units; T1_printed: with the printed "
+        "1/sqrt(m), inf where the printed bound is negative (an empty cell in the CSV); T2: largest relative excess; "
+        "T2_assumed: share of units where v^T H v <= g^T H g; T2_second_ok: share of those where the second form "
+        "holds; T3: largest relative deviation)", infinite="bound negative")
+
+
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     data = load(ctx.cfg.data)
@@ -237,11 +246,7 @@ def analyze(ctx: Context) -> list[Finding]:
     seeds = sorted({s for s, _ in values})
     worst = {key: [max(values[s, p][key] for p in POINTS) for s in seeds] for key in ("T1", "T2", "T3", "T4")}
     summary = lambda key: ", ".join(f"{values[s, p][key]:.3g}" for s in seeds for p in POINTS)  # noqa: E731
-    ctx.write_table("per_seed", pd.DataFrame(
-        [{"seed": s, "point": p, **{k: round(v, 12) for k, v in values[s, p].items()}} for s in seeds for p in POINTS]),
-        "Santurkar §4 checks per seed and point (T1, T4: largest lhs/rhs over units; T1_printed: with the printed "
-        "1/sqrt(m); T2: largest relative excess; T2_assumed: share of units where v^T H v <= g^T H g; T2_second_ok: "
-        "share of those where the second form holds; T3: largest relative deviation)")
+    write_per_seed(ctx, values, seeds)
     closeness = lambda lhs, rhs: f"{np.median(per_unit[lhs] / per_unit[rhs]):.3g}"  # noqa: E731
     return [
         Finding("T1_thm_4_1", worst["T1"], f"largest lhs/rhs over units (init, trained per seed): {summary('T1')}; "
