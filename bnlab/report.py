@@ -178,7 +178,8 @@ def run_sections(name: str, runs: pd.DataFrame, on_disk: pd.DataFrame, scale: st
     rel = lambda p: Path(p).relative_to(out_root)  # noqa: E731
     if len(runs):
         bad = runs[runs.status.isin(["failed", "incomplete"])]
-        out.append(f"Runs on disk: {runs.status.value_counts().to_dict()}."
+        counts = runs.status.value_counts()
+        out.append("Runs on disk: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
                    + "".join(f"\n  - {s}: `{rel(p)}`" for s, p in zip(bad.status, bad.path, strict=True)))
     if len(on_disk) and not on_disk.in_sweep.all():
         outside = on_disk[~on_disk.in_sweep].path
@@ -256,27 +257,46 @@ def second_stage_missing(configs: dict, confirmatory: Stage, frozen: dict | None
                                                                                        Criterion.of(claim))))]
 
 
-def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, list[dict], pd.DataFrame,
-                                                                                  Stages]:
+PAGES = "report"  # one page per experiment: <out_dir>/report/<experiment>.md, linked from REPORT.md
+
+
+def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, dict[str, str], list[dict],
+                                                                                  pd.DataFrame, Stages]:
+    """REPORT.md's text (the front page), each experiment's page by name, the claim rows, runs.csv's table and
+    the stages' analyses."""
     stages = analyse_stages(scale, out_dir, overrides)
-    rows, sections, group_now = [], [], None
+    rows, pages = [], {}
     for group, name in by_source(stages.configs):
-        if group != group_now:
-            sections.append(f"### {group}")
-            group_now = group
-        sections.append(f"#### Experiment `{name}`")
         stage = stages.confirmatory if stages.confirmatory.runs else stages.exploratory
-        sections.extend(stage.sections.get(name, []))
+        sections = [relinked(part) for part in stage.sections.get(name, [])]
         for claim_id, claim in stages.configs[name].claims.items():
             row = claim_row(name, claim_id, claim, stages) | {"group": group}
             rows.append(row)
             sections.append(claim_section(row, claim, stages, name))
+        pages[name] = "\n\n".join([f"# Experiment `{name}` ({group})", "[Back to the report](../REPORT.md). "
+                                    "Figures and tables from the confirmatory runs where there are any; each claim "
+                                    "with both stages' cells.", *sections]) + "\n"
     table = pd.concat([*stages.exploratory.runs, *stages.confirmatory.runs], ignore_index=True) \
         if stages.exploratory.runs or stages.confirmatory.runs else pd.DataFrame()
     if len(table):
         atomic_write_text(out_dir / "runs.csv", table.to_csv(index=False))
-    return (header(scale, table, rows, stages) + "\n\n## Details\n\n" + "\n\n".join(sections) + "\n", rows,
-            table, stages)
+    return header(scale, table, rows, stages) + "\n", pages, rows, table, stages
+
+
+def relinked(section: str) -> str:
+    """A section's links to figures/ and tables/ as seen from a page one folder down."""
+    return re.sub(r"(\]\(|`)(figures|tables)/", r"\1../\2/", section)
+
+
+def write_pages(out_dir: Path, pages: dict[str, str]) -> None:
+    """Each experiment's page; a page of an experiment that no longer exists goes (they are all generated)."""
+    folder = out_dir / PAGES
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.md"):
+        if old.stem not in pages:
+            old.unlink()
+    for name, text in pages.items():
+        atomic_write_text(folder / f"{name}.md", text)
 
 
 def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
@@ -299,7 +319,8 @@ def undecided_cells(finding: Finding, c: Criterion) -> list[Cell]:
 
 
 def number(v: float) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{v:.3g}"
+    """Three significant digits, written out (2850, not 2.85e+03) between 1e-4 and 1e6."""
+    return "n/a" if v is None or math.isnan(v) else f"{float(f'{v:.3g}'):g}"
 
 
 def shown(cell: Cell) -> str:
@@ -327,7 +348,9 @@ def frozen_criterion(registered: dict | None, experiment: str, claim_id: str, c:
 def claim_row(experiment: str, claim_id: str, claim: DictConfig, stages: Stages) -> dict:
     c = Criterion.of(claim)
     row = {"id": claim_id, "experiment": experiment, "kind": str(claim.kind), "source": claim.source,
-           "setup": claim.setup, "criterion": criterion(c),
+           "setup": claim.setup, "criterion": criterion(c), "measures": claim.measures or claim.statement,
+           "threshold": f"{'≥' if c.direction == 'ge' else '≤'} {number(c.threshold)}",
+           "paper value": "—" if claim.paper_effect is None else number(claim.paper_effect),
            "paper effect": "—" if claim.paper_effect is None else f"{claim.paper_effect:g} ({claim.paper_ref})"}
     for stage in ("exploratory", "confirmatory"):
         j = judged(stages, stage, experiment, claim_id,
@@ -357,8 +380,10 @@ def criterion(c: Criterion) -> str:
 
 def claim_section(row: dict, claim: DictConfig, stages: Stages, name: str) -> str:
     """A claim's statement, setup, criterion, per-cell table in both stages and the analyses' detail."""
-    verdict = row["confirmatory magnitude"] or row["exploratory magnitude"]
-    text = [f"##### {row['id']} ({row['kind']}): {verdict}",
+    stage = "confirmatory" if row["confirmatory judgement"] else "exploratory"
+    text = [f"## {row['id']}",
+            f"**{row['kind'].capitalize()}; {stage}: direction {row[f'{stage} direction'] or '—'}, magnitude "
+            f"{row[f'{stage} magnitude'] or '—'}.** Measures: {claim.measures or claim.statement}.",
             f"*{claim.source}.* {claim.statement}. Setup: {claim.setup}."
             + (f" Confound: {claim.confound}." if claim.confound else "")
             + f" Criterion: mean {row['criterion']}; one value per {claim.replicate}. Paper: {claim.paper}"
@@ -390,35 +415,75 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def environments(runs: pd.DataFrame) -> str:
-    env = (runs.drop_duplicates(["stage", "torch", "cpu", "git_sha"])[
-        ["stage", "torch", "torchvision", "python", "cpu", "git_sha"]] if len(runs) and "cpu" in runs
-           else pd.DataFrame())
-    return "; ".join(f"{e.stage}: torch {e.torch}, torchvision {e.torchvision}, Python {e.python}, {e.cpu}, "
-                     f"git {str(e.git_sha)[:10]}" for e in env.itertuples()) or "no runs"
+    """The software and CPUs each stage's runs trained with (their commits are in runs.csv)."""
+    keys = ["stage", "torch", "torchvision", "python", "cpu"]
+    env = runs.drop_duplicates(keys)[keys] if len(runs) and "cpu" in runs else pd.DataFrame()
+    return "; ".join(f"{e.stage}: torch {e.torch}, torchvision {e.torchvision}, Python {e.python}, {e.cpu}"
+                     for e in env.itertuples()) or "no runs"
+
+
+def compact(rows: list[dict]) -> str:
+    """A markdown table without tabulate's padding, so that the front page stays short; '|' in text escaped."""
+    if not rows:
+        return "(none)"
+    cols = list(rows[0])
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
+                      *("| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows)])
+
+
+def claim_link(row: dict) -> str:
+    return f"[{row['id']}]({PAGES}/{row['experiment']}.md#{row['id'].lower()})"
+
+
+def brief(cell: Cell) -> str:
+    """'mean [low, high]', or 'not testable' (its page says why)."""
+    return cell.verdict if cell.verdict == "not testable" else f"{number(cell.mean)} [{number(cell.low)}, " \
+                                                              f"{number(cell.high)}]"
+
+
+def front_rows(row: dict) -> list[dict]:
+    """A claim's rows on the front page: the claim, then one row per cell where it has several."""
+    stage = "confirmatory" if row["confirmatory judgement"] else "exploratory"
+    j = row[f"{stage} judgement"]
+    first = {"claim": claim_link(row), "measures": row["measures"], "paper": row["paper value"],
+             "threshold": row["threshold"], "ours: mean [95% CI ± δ]": "no runs", "n": "",
+             "direction": row[f"{stage} direction"] or "—", "magnitude": row[f"{stage} magnitude"] or "—"}
+    if j is None:
+        return [first]
+    if len(j.cells) == 1:
+        only = next(iter(j.cells.values()))
+        return [first | {"ours: mean [95% CI ± δ]": brief(only), "n": only.n}]
+    return [first | {"ours: mean [95% CI ± δ]": holds_in(j.cells)}] + [
+        {"claim": f"↳ {name}", "measures": "", "paper": "", "threshold": "", "ours: mean [95% CI ± δ]": brief(x),
+         "n": x.n, "direction": x.direction or "—", "magnitude": x.verdict} for name, x in j.cells.items()]
+
+
+def differing(rows: list[dict]) -> str:
+    return compact([{"claim": claim_link(r), "measures": r["measures"],
+                     "confirmatory": f"{r['confirmatory direction'] or '—'} / {r['confirmatory magnitude']}",
+                     "exploratory": f"{r['exploratory direction'] or '—'} / {r['exploratory magnitude']}"}
+                    for r in rows])
+
+
+def registration_line(scale: str, stages: Stages) -> str:
+    problems = "\n".join(f"- {p}" for p in stages.problems)
+    return (f"**Registration:** criteria, seeds and best rates frozen in `{registration_path(scale).name}` at "
+            f"commit `{stages.freeze}`. " + ("The confirmatory runs and the criteria in force match it."
+                                             if not stages.problems else f"**It does not hold:**\n\n{problems}"))
 
 
 def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> str:
-    """The registration, both tallies, the claims table by source, the verdicts that differ between the stages,
-    the sanity checks apart, and the amendments."""
+    """The front page: the registration, both tallies, one table per source (a row per claim and per cell, each
+    id linked to its experiment's page), the verdicts that differ between the stages, the sanity checks apart,
+    the amendments and the experiments' pages."""
     claims = [r for r in rows if r["kind"] == "claim"]
-    checks = [r for r in rows if r["kind"] == "check"]
-    cols = {"id": "id", "setup": "setup", "paper effect": "paper effect", "criterion": "criterion (magnitude)",
-            "confirmatory measured": "confirmatory: mean [95% CI ± δ]", "confirmatory direction": "direction",
-            "confirmatory magnitude": "magnitude", "exploratory direction": "exploratory direction",
-            "exploratory magnitude": "exploratory magnitude"}
-    table = lambda rs: markdown(pd.DataFrame(rs)[list(cols)].rename(columns=cols)) if rs else "(none)"  # noqa: E731
     differ = [r for r in claims if r["differs"]]
-    amended = [r for r in rows if r.get("amended")]
     failed = [f"{stage.name}: {name}" for stage in (stages.exploratory, stages.confirmatory) for name in stage.failed]
-    problems = "\n".join(f"- {p}" for p in stages.problems)
     text = [f"# bnlab report (scale `{scale}`)",
-            f"Generated by `python -m bnlab.report --scale {scale}` from the run directories under "
-            f"`results/runs/`; every number below comes from those files. Runs trained with: "
-            f"{environments(runs)}; every run single-threaded.",
-            f"**Registration:** criteria, seeds and best rates frozen in `{registration_path(scale).name}` at "
-            f"commit `{stages.freeze}`. " + ("The confirmatory runs and the criteria in force match it."
-                                             if not stages.problems else
-                                             f"**It does not hold:**\n\n{problems}"),
+            f"Generated by `python -m bnlab.report --scale {scale}` from the run directories under `results/runs/`;"
+            f" every number below comes from those files. Runs trained with: {environments(runs)}; every run "
+            "single-threaded.", registration_line(scale, stages),
             f"**Confirmatory (fresh seeds {CONFIRMATORY_SEEDS[0]}-{CONFIRMATORY_SEEDS[FIRST_SEEDS - 1]}, "
             f"{CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} for inconclusive cells): "
             f"{tally(rows, 'confirmatory')}.**",
@@ -429,19 +494,31 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> 
             "How a verdict is reached: [docs/method.md](../docs/method.md). Per cell, the mean effect over seeds "
             "and its 95% t-interval widened by the claim's resolution δ; *magnitude*: against the threshold "
             f"({MAGNITUDE_SHARE:g} of the paper's effect where it gives one); *direction*: against no effect. "
-            "Cells combine by the rule each claim declares; \"holds in k of m cells\" describes, it does not judge.",
+            "Cells combine by the rule each claim declares; \"holds in k of m cells\" describes, it does not judge. "
+            "Each id links to its experiment's page: setup, confound, criterion, both stages' cells, figures.",
             "## Claims", *[part for group in GROUPS if (mine := [r for r in claims if r["group"] == group])
-                           for part in (f"### {group}", table(mine))],
-            "## Verdicts that differ between the stages",
-            table(differ),
+                           for part in (f"### {group}", compact([x for r in mine for x in front_rows(r)]))],
+            "## Verdicts that differ between the stages", differing(differ),
             "## Sanity checks",
             "These hold by construction: they confirm the implementation and are not counted as evidence.",
-            table(checks)]
-    if amended:
-        text += ["## Amended criteria", "Criteria replaced after their results were seen; each claim's section "
-                 "gives the reason.", markdown(pd.DataFrame(amended)[["id", "original", "verdict then",
-                                                                       "confirmatory magnitude"]])]
+            compact([x for r in rows if r["kind"] == "check" for x in front_rows(r)]),
+            *amendments(rows), "## Experiments", pages_list(rows)]
     return "\n\n".join(text)
+
+
+def amendments(rows: list[dict]) -> list[str]:
+    amended = [r for r in rows if r.get("amended")]
+    return ["## Amended criteria", "Criteria replaced after their results were seen; each claim's page gives the "
+            "original criterion and the reason.",
+            compact([{"claim": claim_link(r), "verdict then": r["verdict then"],
+                      "confirmatory magnitude now": r["confirmatory magnitude"] or "—"} for r in amended])
+            ] if amended else []
+
+
+def pages_list(rows: list[dict]) -> str:
+    names = dict.fromkeys((r["experiment"], r["group"]) for r in rows)
+    return "\n".join(f"- [{name}]({PAGES}/{name}.md): {group}, "
+                     f"{sum(r['experiment'] == name for r in rows)} claims" for name, group in names)
 
 
 def log_artifact(out_dir: Path, scale: str, mode: str) -> None:
@@ -486,8 +563,9 @@ def main() -> None:
             archive = args.archive
         if not any(root.glob("*/*/config.yaml")) and archive.is_file():
             print(f"[bnlab] no runs under {root}: restored {unpack(archive, root)} from {archive}")
-    text, rows, runs, stages = build_report(args.scale, out_dir, args.overrides)
+    text, pages, rows, runs, stages = build_report(args.scale, out_dir, args.overrides)
     atomic_write_text(out_dir / "REPORT.md", text)
+    write_pages(out_dir, pages)
     if out_dir == report_dir("cpu") and args.scale == "cpu":  # the README shows the default profile's verdicts
         update_readme(claims_for_readme(rows, out_dir, stages.freeze))
     failed = int(runs.status.isin(["failed", "incomplete"]).sum()) if len(runs) else 0

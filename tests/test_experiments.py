@@ -1,6 +1,7 @@
 """Every experiment config, end to end at smoke scale on the fixture datasets: sweep, then report."""
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -51,15 +52,20 @@ def test_report_has_a_row_and_a_figure_for_every_claim(smoke_report):
     from bnlab.sweeps import experiment_config
 
     for name in experiment_names():
+        page = (out / "report" / "report" / f"{name}.md").read_text()
         for claim in experiment_config(name, "smoke").claims:
-            assert f"##### {claim} (" in report, claim
+            assert f"[{claim}](report/{name}.md#{claim.lower()})" in report, claim  # the front page links ...
+            assert f"\n## {claim}\n" in page, claim  # ... to the claim's section on its experiment's page
         assert list((out / "report" / "figures").glob(f"{name}_*.png")), f"no figure for {name}"
-    assert "no runs on disk yet" not in report
+        assert all((out / "report" / "report" / link).resolve().is_file()  # its figures and tables, one folder up
+                   for link in re.findall(r"\]\((\.\./(?:figures|tables)/[^)]+)\)", page))
+    assert "no runs on disk yet" not in report and "analysis returned no finding" not in report
+    assert len(report) < 40_000
 
 
 def test_report_leaves_out_runs_outside_the_sweep_or_trained_under_an_earlier_config(smoke_report):
     out, _, _, stale = smoke_report
-    report = (out / "report" / "REPORT.md").read_text()
+    report = "".join((out / "report" / "report" / f"{name}.md").read_text() for name in ("fig1", "dlbook_chain"))
     explored = "smoke/dlbook_chain/model.depth=3,norm=none,optim.lr=0.001,seed=0,trainer.steps=20"
     assert "Left out of the analysis, not jobs of this experiment's current sweep" in report
     assert f"- `{explored}`" in report
@@ -84,5 +90,7 @@ def test_the_archive_rebuilds_the_report_byte_for_byte(smoke_report, data_root):
                      f"out_root={out / 'fresh'}"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "no runs under" in again.stdout and not list((out / "fresh" / "smoke").glob("*/*/checkpoint.pt"))
-    for name in ("REPORT.md", "runs.csv"):
+    pages = [p.relative_to(out / "report") for p in (out / "report" / "report").glob("*.md")]
+    assert len(pages) == len(experiment_names())
+    for name in ("REPORT.md", "runs.csv", *pages):
         assert (out / "rebuilt" / name).read_bytes() == (out / "report" / name).read_bytes(), name
