@@ -182,6 +182,7 @@ class Cell:
     low: float = math.nan
     high: float = math.nan
     why: str = ""  # why not testable
+    direction_read: "Cell | None" = None  # two stages: the other seeds' cell, where the direction verdict read it
 
 
 def interval(values: list[float], c: Criterion) -> tuple[float, float, float]:
@@ -234,8 +235,9 @@ def two_stage(first: Cell, both: Cell | None) -> Cell:
     if both is None:
         return first
     magnitude = both if first.verdict == "inconclusive" else first
-    direction = both.direction if first.direction == "inconclusive" else first.direction
-    return replace(magnitude, direction=direction)
+    direction_cell = both if first.direction == "inconclusive" else first
+    return replace(magnitude, direction=direction_cell.direction,
+                   direction_read=None if direction_cell is magnitude else direction_cell)
 
 
 def combine(verdicts: list[str], rule: str = "all") -> str:

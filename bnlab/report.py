@@ -326,8 +326,10 @@ def number(v: float) -> str:
 def shown(cell: Cell) -> str:
     """'mean [low, high] (n)': the mean effect and its widened interval, on the measured scale."""
     if cell.verdict == "not testable":
-        return f"not testable: {cell.why}"
-    return f"{number(cell.mean)} [{number(cell.low)}, {number(cell.high)}] (n={cell.n})"
+        text = f"not testable: {cell.why}"
+    else:
+        text = f"{number(cell.mean)} [{number(cell.low)}, {number(cell.high)}] (n={cell.n})"
+    return text + (f"; the direction read {shown(cell.direction_read)}" if cell.direction_read else "")
 
 
 def judged(stages: Stages, stage: str, name: str, claim_id: str, c: Criterion) -> Judgement | None:

@@ -171,6 +171,10 @@ def test_direction_and_magnitude_each_take_the_second_stage_only_where_they_were
     more = Finding("x", [0.3, -0.1, 0.4, 0.2, 0.0, 0.3, 0.25, 0.2, 0.35, 0.3])
     cell = judge(first, c, more).cells[""]
     assert (cell.verdict, cell.direction, cell.n) == ("not reproduced", "reproduced", 5)
+    assert cell.direction_read.n == 10 and cell.direction_read.low > 0  # the interval the direction read, kept
+    from bnlab.report import shown
+
+    assert shown(cell) == "0.16 [-0.107, 0.427] (n=5); the direction read 0.22 [0.0979, 0.342] (n=10)"
 
 
 def test_the_chance_rate_is_the_rate_of_the_rule_itself():
