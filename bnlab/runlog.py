@@ -210,6 +210,18 @@ def activation_values(rows: list[dict]) -> dict:
             if key[0] == "p" or key in ("mean", "std")}
 
 
+def init_when_free(init, attempts: int = 20, wait_s: float = 3.0, **kwargs):
+    """wandb.init, retried while wandb says the run's id is in use: the service of an attempt killed a moment ago
+    holds the id until it notices its process is gone, which can take seconds on a loaded machine."""
+    for attempt in range(attempts):
+        try:
+            return init(**kwargs)
+        except Exception as e:  # wandb's mailbox error type is internal; its message is what identifies the case
+            if "is in use" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(wait_s)
+
+
 class WandbMirror:
     """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled.
 
@@ -227,12 +239,12 @@ class WandbMirror:
 
         config = OmegaConf.to_container(cfg, resolve=True)
         config.pop("claims", None)  # type: ignore[union-attr]
-        self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode,
-                              dir=str(run_dir), id=wandb_id(cfg, run_dir, identity), resume="allow",
-                              group=f"{cfg.experiment}/{cfg.scale}", job_type=cfg.scale,
-                              name=wandb_name(cfg.experiment, run_dir), tags=list(cfg.wandb.tags),
-                              notes=cfg.wandb.notes, reinit="finish_previous", config=config,
-                              settings=wandb.Settings(silent=True, console="off", init_timeout=30))
+        self.run = init_when_free(wandb.init, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                                  mode=cfg.wandb.mode, dir=str(run_dir), id=wandb_id(cfg, run_dir, identity),
+                                  resume="allow", group=f"{cfg.experiment}/{cfg.scale}", job_type=cfg.scale,
+                                  name=wandb_name(cfg.experiment, run_dir), tags=list(cfg.wandb.tags),
+                                  notes=cfg.wandb.notes, reinit="finish_previous", config=config,
+                                  settings=wandb.Settings(silent=True, console="off", init_timeout=30))
         self.next_step = self.run.step
         self.replay(Path(run_dir))
 
@@ -277,6 +289,9 @@ def run_config(run_dir: str | Path) -> DictConfig:
     return OmegaConf.merge(schema_values(), OmegaConf.load(Path(run_dir) / CONFIG))  # type: ignore[return-value]
 
 
+EXPERIMENT_KEYS = ("claims", "section")  # config keys the runs table leaves out
+
+
 def runs(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run directory, with the flattened config (`optim.lr`, `norm.name`, ...), the summary (status,
     accuracies, steps/s, ...), `job_overrides` (the job's overrides as Hydra saved them) and `path`. A directory
@@ -286,13 +301,12 @@ def runs(sweep_dir: str | Path) -> pd.DataFrame:
         run_dir = cfg_path.parent
         # a key the run predates: its default, as in run_config (merging each config with the schema is slower)
         row = {**flat_schema_values(), **flatten(OmegaConf.to_container(OmegaConf.load(cfg_path)))}  # type: ignore[arg-type]
-        row = {k: v for k, v in row.items() if k != "claims" and not k.startswith("claims.")}
+        # the report's keys describe the experiment, not the run: every run of it has the same ones
+        row = {k: v for k, v in row.items() if k.split(".", 1)[0] not in EXPERIMENT_KEYS}
         try:
             summary = json.loads((run_dir / SUMMARY).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             summary = {"status": "incomplete"}
-        if "fused" in summary:  # the stack size's earlier name
-            summary["stack_size"] = summary.pop("fused")
         row.update({f"summary.{k}" if k in row else k: v for k, v in summary.items()})
         overrides = run_dir / ".hydra" / "overrides.yaml"  # the job's command-line overrides, as Hydra saved them
         row["job_overrides"] = tuple(OmegaConf.load(overrides)) if overrides.is_file() else None
