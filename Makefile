@@ -35,8 +35,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# ruff, then mypy over bnlab and the launcher (pyproject.toml's [tool.mypy]): among others it checks that the
+# stepping models keep to the `stepping.Stepper` Protocol they subclass
 lint: install
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest -q
@@ -60,13 +63,10 @@ $(EXPERIMENTS): install
 # It first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
 # that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
 # one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
-# sweep's last runs. The order is each experiment's expected wall time (results/timing_cpu.log); experiments not
-# listed here run after these.
-LONGEST_FIRST := lr_sweep_mlp fig1 lr_sweep_cnn cifar dln dln_lp small_batch_cnn one_layer_at_a_time \
-  layer_vs_batch_cnn bjorck_depth noisy_bn bjorck deep_sigmoid dropout lp_norm outside_gradient moment_penalty \
-  layer_dynamics gaussianity gamma_beta dlbook_chain small_batch layer_vs_batch bn_x30 ics_landscape non_iid \
-  bn_inference santurkar_theory
-SWEEP_ORDER := $(filter $(EXPERIMENTS),$(LONGEST_FIRST)) $(filter-out $(LONGEST_FIRST),$(EXPERIMENTS))
+# sweep's last runs. The order is each experiment's last logged wall time (results/timing_$(SCALE).log; an
+# experiment never timed goes first: `bnlab.sweeps.longest_first` says why). Expanded in the recipe, after
+# `install` has made the environment that computes it.
+SWEEP_ORDER = $(filter $(EXPERIMENTS),$(shell $(PY) -m bnlab.sweeps order --scale $(SCALE)))
 
 # Its timing log block starts with a "[bnlab] make reproduce on <CPU>" line; bnlab.efficiency sums the
 # "[bnlab] <experiment>: N s" lines after the last one (each sweep on one core) against the runs' FLOP floor.

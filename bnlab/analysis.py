@@ -42,7 +42,7 @@ def selection(runs: pd.DataFrame, arm: str | list[str]) -> str:
     names the same choice in the exploratory and the confirmatory runs)."""
     keys = config.flat_schema_values()
     shared = {c: plain(runs[c].iloc[0]) for c in sorted(runs.columns)
-              if c in keys and c != "optim.lr" and config.role(c) in (None, "member") and runs[c].nunique() == 1}
+              if c in keys and c != "optim.lr" and config.in_identity(c) and runs[c].nunique() == 1}
     return json.dumps([list(np.atleast_1d(arm)), shared], default=str)
 
 

@@ -8,6 +8,7 @@ error at start-up, and so is a value outside a fixed set (the Enums below; the e
 import functools
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -138,7 +139,7 @@ class ModelConfig:
 
 @dataclass
 class NormConfig:
-    name: str = "none"  # a key of bnlab.norms.NORMALIZERS
+    name: str = "none"  # a key of bnlab.norms.NORMS
     eps: float = 1e-5
     momentum: float = 0.1  # running-statistics update rate (torch convention)
     affine: bool = True  # learn gamma and beta
@@ -242,7 +243,6 @@ class Claim:
     direction: Direction = Direction.ge  # the claim's side of the threshold (and of no_effect)
     params: dict[str, float] = field(default_factory=dict)  # other fixed parts of the criterion (targets, ...)
     kind: ClaimKind = ClaimKind.claim
-    replicate: str = "seed"  # what one value is: always one independent training run
     cells: str = "all"  # over several cells: all (a conjunction), any, or an integer k (at least k cells)
     contrast: bool = False  # an "alike" claim: its contrast arm must fail the same criterion, else not testable
     amended: Amendment | None = None  # the criterion this one replaced, if it was changed after its results
@@ -256,7 +256,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    experiment: str = "adhoc"  # names the sweep directory and the report section
+    experiment: str = "adhoc"  # names the sweep directory and the report page
     scale: Scale = Scale.cpu  # set by the scale group
     stage: Stage = Stage.exploratory  # set by the stage group
     # confirmatory stage: train only the learning rates the exploratory runs chose (the experiment's claims read no
@@ -267,31 +267,95 @@ class TrainConfig:
     device: Device = Device.cpu  # recorded in the summary
     out_root: str = "${repo_root:}/results/runs"
     claims: dict[str, Claim] = field(default_factory=dict)
+    section: str = ""  # the report heading its claims go under: one of bnlab.report.SECTIONS
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
-# Keys that say where or how a run executes, not what it computes: they never change its identity.
-# What a config key (a name, or every name below it) is to a run, in one place. A key not listed here makes the
-# run's numbers: it is part of the run's identity and equal for every run of a stack.
-#   source: where the run reads its data -- not its identity; one for a whole stack, which loads the data once
-#   output: where it writes             -- not its identity; free within a stack
-#   report: how it reports, which sweep  -- not its identity; free within a stack (trainer.alone: whether it
-#           may stack at all; a member matches its run alone to float rounding, as before this key)
-#   member: what varies within a stack   -- part of its identity (own seed, optimiser, init, dropout)
-KEY_ROLES = {
-    "data.root": "source", "data.download": "source", "data.verify": "source",
-    "out_root": "output",
-    "trainer.progress": "report", "trainer.alone": "report", "wandb": "report", "claims": "report",
-    "experiment": "report", "stage": "report", "chosen_rates_only": "report", "hydra": "report",
-    "seed": "member", "optim": "member", "model.init": "member", "model.init_std": "member",
-    "model.init_mean": "member", "model.dropout": "member",
+# In a row's "a stack needs": the normalisers bnlab.stack implements, which its registry knows (the schema imports
+# no registry), so `may_stack` takes them from its caller.
+STACKABLE = "stackable"
+
+# What a config key (a name, or every name below it; the longest listed name decides) is to a run, in one place:
+# whether it is part of the run's identity, names the run's folder, is shared by a stack, and what a stack needs.
+# A key not listed makes the run's numbers: it is part of the identity, names the folder when set on the command
+# line (a finished run is found by its folder), and is equal for every run of a stack.
+#   member: makes the run's numbers, yet differs within a stack (own seed, optimiser, init, dropout)
+#   sweep:  makes the run's numbers, equal for a whole sweep: the sweep's directory names it, the run's folder not
+#   source: where the run reads its data: not its identity nor its folder; one for a whole stack, which loads the
+#           data once
+#   report: how it reports, where it writes, which sweep it belongs to, whether it may stack: not its identity nor
+#           its folder (runs alike but for these are one run); free within a stack
+# "A stack needs": the values a run must hold there to train in a stack (none listed: any); a run holding another
+# trains alone, and its numbers do not change (a member matches its run alone to float rounding).
+KEY_ROLES: dict[str, tuple[str | None, tuple | str]] = {
+    # key                      role       a stack needs
+    "data.root":              ("source", ()),
+    "data.download":          ("source", ()),
+    "data.verify":            ("source", ()),
+    "model.arch":             (None, ("mlp",)),  # the stack is an MLP's
+    "model.init":             ("member", ()),
+    "model.init_std":         ("member", ()),
+    "model.init_mean":        ("member", ()),
+    "model.dropout":          ("member", ()),
+    "norm.name":              (None, STACKABLE),
+    "optim":                  ("member", ()),
+    "optim.block":            ("member", ("all",)),  # a stacked step moves every layer
+    "trainer.moment_penalty": (None, (0.0,)),  # the stacked step has no penalty term
+    "trainer.alone":          ("report", (False,)),  # the one switch that keeps a run out of every stack
+    "trainer.progress":       ("report", ()),
+    "wandb":                  ("report", ()),
+    "wandb.mode":             ("report", ("disabled",)),  # wandb keeps one run per process
+    "device":                 (None, ("cpu",)),  # as it resolves on this machine: masks are drawn on the CPU
+    "seed":                   ("member", ()),
+    "scale":                  ("sweep", ()),
+    "experiment":             ("report", ()),
+    "stage":                  ("report", ()),
+    "section":                ("report", ()),
+    "chosen_rates_only":      ("report", ()),
+    "claims":                 ("report", ()),
+    "out_root":               ("report", ()),
+    "hydra":                  ("report", ()),
 }
+IDENTITY_ROLES = (None, "member", "sweep")  # make the run's numbers
+FOLDER_ROLES = (None, "member")  # name the run's folder
+SHARED_ROLES = (None, "sweep", "source")  # equal for every run of a stack
+
+
+def _row(key: str) -> tuple[str | None, tuple | str]:
+    """The table's row for a flattened key: the longest listed name that is the key or above it."""
+    names = [name for name in KEY_ROLES if key == name or key.startswith(name + ".")]
+    return KEY_ROLES[max(names, key=len)] if names else (None, ())
 
 
 def role(key: str) -> str | None:
     """The role of a flattened key ('optim.lr' is 'member'); None: it makes the run's numbers."""
-    return next((r for name, r in KEY_ROLES.items() if key == name or key.startswith(name + ".")), None)
+    return _row(key)[0]
+
+
+def in_identity(key: str) -> bool:
+    return role(key) in IDENTITY_ROLES
+
+
+def shared_in_stack(key: str) -> bool:
+    return role(key) in SHARED_ROLES
+
+
+def unnamed_keys() -> list[str]:
+    """The schema's keys that a run's folder name leaves out, for Hydra's override_dirname.exclude_keys
+    (configs/train.yaml): each key whose role names no folder. Hydra matches an override's whole key, so every
+    key is listed, not the names above them; Hydra's own keys never name a folder."""
+    return sorted(k for k in flat_schema_values() if role(k) not in FOLDER_ROLES)
+
+
+OmegaConf.register_new_resolver("unnamed_keys", unnamed_keys, replace=True)
+
+
+def may_stack(values: dict, stackable: Collection[str]) -> bool:
+    """Whether a run of these flattened values may train in a stack: it holds what each row's "a stack needs"
+    lists; `stackable`: the normalisers the stack implements (the STACKABLE rows)."""
+    return all(values.get(key) in (stackable if needs == STACKABLE else needs)
+               for key, (_, needs) in KEY_ROLES.items() if needs)
 
 
 
@@ -328,5 +392,5 @@ def run_identity(cfg: DictConfig) -> str:
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
     defaults = flat_schema_values()
     kept = {k: v for k, v in values.items()
-            if role(k) in (None, "member") and defaults.get(k, ...) != v}
+            if in_identity(k) and defaults.get(k, ...) != v}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -27,7 +27,7 @@ from bnlab.config import REPO_ROOT, DataConfig, schema_values
 from bnlab.data import SYNTHETIC, load
 from bnlab.models import build_model
 from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
-from bnlab.stack import LOSSES
+from bnlab.stepping import LOSSES
 
 HEADER = "[bnlab] make reproduce on "  # the line that starts each reproduction's block in the timing log
 SWEEP_TIME = re.compile(r"^\[bnlab\] (\w+)(?: \(seeds [\d-]+\))?: (\d+) s$")  # a sweep, or its second stage

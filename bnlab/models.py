@@ -7,22 +7,23 @@ probes read it there with a forward hook.
 """
 
 import math
-import os
+from typing import cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from bnlab.norms import NORMALIZERS, NORMALIZERS_WITH_SHIFT
+from bnlab.norms import NORMS
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
 
 
 class Block(nn.Module):
     def __init__(self, linear: nn.Module, norm: nn.Module, act: nn.Module, dropout: float, pool: bool,
-                 residual: bool = False):
+                 residual: bool = False, *, norm_name: str):
         super().__init__()
         self.linear, self.norm, self.act, self.residual = linear, norm, act, residual
+        self.norm_name = norm_name  # `norm`'s key in norms.NORMS, by which a stack finds its stacked functions
         # Max-pooling commutes with a nondecreasing nonlinearity (every one in ACTIVATIONS), so pooling first gives
         # the outputs of pooling after it, bitwise, with the nonlinearity on a quarter of the values (~10-15% of a
         # CNN step on one core here). Gradients are bitwise equal too except where a saturating nonlinearity rounds
@@ -74,15 +75,15 @@ def chosen_layer(rule: str, step: int, grads: list[list[torch.Tensor | None]]) -
 def _init_linear(layer: nn.Module, cfg: DictConfig) -> None:
     if cfg.init == "default":
         return
-    w = layer.weight
+    w, bias = cast(torch.Tensor, layer.weight), cast(torch.Tensor | None, layer.bias)  # a Linear's or a Conv2d's
     if cfg.init == "normal":  # Ioffe §4.1: "small random Gaussian values"
         nn.init.normal_(w, cfg.init_mean, cfg.init_std)
     elif cfg.init == "xavier":  # Santurkar App. A: "standard Glorot initialization"
         nn.init.xavier_normal_(w)
     elif cfg.init == "kaiming":
         nn.init.kaiming_normal_(w, nonlinearity="relu")
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
+    if bias is not None:
+        nn.init.zeros_(bias)
 
 
 def hidden_layers(model_cfg: DictConfig) -> int:
@@ -96,21 +97,21 @@ def build_model(model_cfg: DictConfig, norm_cfg: DictConfig, in_shape: tuple[int
     # with norm.last_layers, the layers below the last ones have no normaliser (Bjorck: BN near the output only)
     names = [norm_cfg.name if not norm_cfg.last_layers or i >= layers - norm_cfg.last_layers else "none"
              for i in range(layers)]
-    bias = [model_cfg.bias and name not in NORMALIZERS_WITH_SHIFT for name in names]
+    bias = [model_cfg.bias and not NORMS[name].drops_bias for name in names]
     blocks: list[Block] = []
     if model_cfg.arch == "mlp":
         fan_in = math.prod(in_shape)
         for i, name in enumerate(names):
             lin = nn.Linear(fan_in, model_cfg.width, bias=bias[i])
-            blocks.append(Block(lin, NORMALIZERS[name](model_cfg.width, False, norm_cfg), act_cls(),
-                                model_cfg.dropout, pool=False, residual=model_cfg.residual and i > 0))
+            blocks.append(Block(lin, NORMS[name].build(model_cfg.width, False, norm_cfg), act_cls(),
+                                model_cfg.dropout, pool=False, residual=model_cfg.residual and i > 0, norm_name=name))
             fan_in = model_cfg.width
     else:
         c, h, w = in_shape
         for i, (ch, name) in enumerate(zip(model_cfg.channels, names, strict=True)):
             conv = nn.Conv2d(c, ch, kernel_size=3, padding=1, bias=bias[i])
-            blocks.append(Block(conv, NORMALIZERS[name](ch, True, norm_cfg), act_cls(), model_cfg.dropout,
-                                pool=True))
+            blocks.append(Block(conv, NORMS[name].build(ch, True, norm_cfg), act_cls(), model_cfg.dropout,
+                                pool=True, norm_name=name))
             c, h, w = ch, h // 2, w // 2
         fan_in = c * h * w
     head = nn.Linear(fan_in, classes, bias=model_cfg.bias)
@@ -124,36 +125,3 @@ def init_model(model_cfg: DictConfig, norm_cfg: DictConfig, seed: int, in_shape:
     """The network a run with this seed starts from: the global RNG seeded, then built."""
     torch.manual_seed(seed)
     return build_model(model_cfg, norm_cfg, in_shape, classes)
-
-
-# Here, not in the trainer: `python -m bnlab.train` runs the trainer as __main__, whose functions the sweep
-# launcher pickles by value, and torch.backends cannot be pickled.
-def resolve_device(name: str) -> str:
-    """auto: CUDA if present, else Apple's MPS, else the CPU; a named device only if it is present."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if name == "auto":
-        return next(d for d in ("cuda", "mps", "cpu") if available[d])
-    return name if available.get(name) else "cpu"
-
-
-def with_resolved_device(cfg: DictConfig) -> DictConfig:
-    """The config with device=auto replaced by the device it picks on this machine, so that the run's identity,
-    its config.yaml and the stacking rule all see the device that trains (a GPU run and a CPU run never share an
-    identity, so a CPU rerun cannot skip a run finished on a GPU)."""
-    if cfg.device != "auto":
-        return cfg
-    return OmegaConf.merge(cfg, {"device": resolve_device("auto")})  # type: ignore[return-value]
-
-
-def use_device(name: str) -> torch.device:
-    device = torch.device(resolve_device(name))
-    if device.type == "cuda":
-        # full float32 matmuls, as on the CPU: TF32 would change the numbers' precision
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        # a repeat or a resume must log the same bits: cuBLAS's split reductions and cuDNN's autotuned kernels
-        # (max-pool's backward among them) are otherwise free to change the order of a sum between calls
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS first starts
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        # warn_only: the probes' histograms (histc) have no deterministic CUDA kernel; they count, and never train
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    return device

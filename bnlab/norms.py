@@ -1,14 +1,16 @@
 """The normaliser registry: every option of the `norm` config group is one entry here.
 
-A normaliser is built as `NORMALIZERS[name](num_features, spatial, cfg)`, where `spatial` says whether
-the input is N x C x H x W (conv) or N x C (fully connected). It sits between the linear map and the
-nonlinearity (Ioffe §3.2); whether the linear map keeps its bias is `NORMALIZERS_WITH_SHIFT`.
+`NORMS[name]` is option `name`'s one record (`NormSpec`): the module a run builds, whether the linear map before
+it keeps its bias, its label and colour in figures, and its stacked functions; every set of names below is read
+from it. A normaliser sits between the linear map and the nonlinearity (Ioffe §3.2).
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
@@ -176,35 +178,204 @@ def _noise(cfg: DictConfig) -> AlgOneNoise:
     return AlgOneNoise(cfg.noise_mu, cfg.noise_sigma, cfg.noise_r_mu, cfg.noise_r_sigma)
 
 
+def _layer(num_features: int, spatial: bool, cfg: DictConfig) -> nn.Module:
+    """Statistics over a layer's units per example; for a conv layer, over C x H x W."""
+    return nn.GroupNorm(1, num_features, eps=cfg.eps, affine=cfg.affine) if spatial \
+        else nn.LayerNorm(num_features, eps=cfg.eps, elementwise_affine=cfg.affine)
+
+
 def _lp(num_features: int, spatial: bool, cfg: DictConfig, p: float) -> nn.Module:
     return LpNorm(num_features, p, cfg.eps, cfg.momentum, cfg.affine)
 
 
-NORMALIZERS: dict[str, Callable[[int, bool, DictConfig], nn.Module]] = {
-    "none": _none,
-    "batch": _batch,
-    "noisy_batch": lambda n, spatial, cfg: nn.Sequential(_batch(n, spatial, cfg), _noise(cfg)),  # noise after BN
-    "noisy_none": lambda n, spatial, cfg: _noise(cfg),  # the same noise on the standard network
-    # Ba et al. 2016: statistics over a layer's units per example (for a conv layer, over C x H x W)
-    "layer": lambda n, spatial, cfg: nn.GroupNorm(1, n, eps=cfg.eps, affine=cfg.affine) if spatial
-    else nn.LayerNorm(n, eps=cfg.eps, elementwise_affine=cfg.affine),
+@dataclass(frozen=True)
+class Members:
+    """A normaliser's state across the K runs of a stack: each parameter and buffer of a run alone's module,
+    stacked member by member (K x units) under its name in that module, and each member's generator."""
+
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    generators: list[torch.Generator]  # member k's noise draws, in the order its run alone draws them
+    # at most the stack's SMALL_BATCH examples: there the stack keeps activations batch-major in memory
+    small_batch: bool
+
+    def under(self, prefix: str) -> "Members":
+        """The state named under `prefix` (a block's normaliser, a part of an nn.Sequential one), by the names
+        below it."""
+        def named_under(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {name.removeprefix(prefix): t for name, t in tensors.items() if name.startswith(prefix)}
+        return Members(named_under(self.params), named_under(self.buffers), self.generators, self.small_batch)
+
+    def statistic(self, name: str) -> torch.Tensor:
+        """Buffer `name`, K x units, as K x units x 1 to apply over each member's batch."""
+        return self.buffers[name].unsqueeze(2)
+
+
+# What a normaliser does to a stack's activations (K x units x batch), member by member, given a run alone's
+# module (for its settings) and the members' state; updates that state in place as the module updates its own.
+StackedNorm = Callable[[nn.Module, torch.Tensor, Members], torch.Tensor]
+
+
+def _affine_stacked(y: torch.Tensor, members: Members) -> torch.Tensor:
+    """Each member's gamma and beta (K x units) on K x units x batch, as the modules apply them after normalising."""
+    weight, bias = members.params.get("weight"), members.params.get("bias")
+    return y if weight is None else y * weight.unsqueeze(2) + bias.unsqueeze(2)
+
+
+def _unchanged_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return x
+
+
+def _batch_norm_stacked(norm: nn.Module, x: torch.Tensor, members: Members, training: bool) -> torch.Tensor:
+    """nn.BatchNorm1d of every member as one F.batch_norm call over K*units on (1, K*units, batch)."""
+    k, c, n = x.shape
+    weight, bias = members.params.get("weight"), members.params.get("bias")
+    return F.batch_norm(x.reshape(1, k * c, n), members.buffers["running_mean"].view(-1),  # a copy at a small batch
+                        members.buffers["running_var"].view(-1), None if weight is None else weight.view(-1),
+                        None if bias is None else bias.view(-1), training=training, momentum=norm.momentum,
+                        eps=norm.eps).view(k, c, n)
+
+
+def _batch_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    y = _batch_norm_stacked(norm, x, members, training=True)
+    members.buffers["num_batches_tracked"] += 1
+    return y
+
+
+def _batch_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _batch_norm_stacked(norm, x, members, training=False)
+
+
+def _noise_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    """Each member's noise from its own generator, as its run alone draws it."""
+    k, c, n = x.shape
+    draws = [norm.sample(n, c, g)[2:] for g in members.generators]
+    shift, scale = (torch.stack([d[i] for d in draws]).transpose(1, 2).contiguous() for i in (0, 1))
+    return scale * x + shift
+
+
+def _noisy_batch_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _noise_train(norm[1], _batch_train(norm[0], x, members.under("0.")), members.under("1."))
+
+
+def _noisy_batch_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _batch_eval(norm[0], x, members.under("0."))  # the noise is off in eval mode
+
+
+def _per_example_stacked(x: torch.Tensor, members: Members,
+                         normalise_rows: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A normaliser with statistics per example (examples x units rows, each laid out as a run alone lays it
+    out) on K x units x batch; the same in training and eval mode."""
+    k, c, n = x.shape
+    y = normalise_rows(x.transpose(1, 2).reshape(k * n, c)).view(k, n, c).transpose(1, 2)
+    return _affine_stacked(y if members.small_batch else y.contiguous(), members)  # the layout the stack keeps
+
+
+def _layer_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _per_example_stacked(x, members, lambda rows: F.layer_norm(rows, (rows.shape[1],), eps=norm.eps))
+
+
+def _group_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _per_example_stacked(x, members, lambda rows: F.group_norm(rows, norm.num_groups, eps=norm.eps))
+
+
+def _lp_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    """LpNorm's own training step over each member's batch (dim 2)."""
+    return _affine_stacked(lp_normalise(x, 2, norm.p, norm.eps, members.buffers["running_mean"],
+                                        members.buffers["running_scale"], norm.momentum), members)
+
+
+def _lp_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _affine_stacked((x - members.statistic("running_mean")) / (members.statistic("running_scale") + norm.eps),
+                           members)
+
+
+def _renorm_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    """BatchRenorm's own training step over each member's batch (dim 2)."""
+    y = renormalise(norm, x, 2, *(members.buffers[b] for b in ("running_mean", "running_var", "steps")))
+    return _affine_stacked(y, members)
+
+
+def _running_mean_var_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    """Eval mode of a normaliser that keeps BN's running mean and variance as buffers of its own."""
+    std = (members.statistic("running_var") + norm.eps).sqrt()
+    return _affine_stacked((x - members.statistic("running_mean")) / std, members)
+
+
+def _detached_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+    """DetachedBatchNorm's training step over each member's batch (dim 2): BN's statistics and running averages
+    outside autograd."""
+    with torch.no_grad():
+        mean, var = x.mean(2, keepdim=True), x.var(2, unbiased=False, keepdim=True)
+        members.buffers["running_mean"].lerp_(mean.squeeze(2), norm.momentum)
+        members.buffers["running_var"].lerp_(x.var(2, unbiased=True), norm.momentum)
+    return _affine_stacked((x - mean) / (var + norm.eps).sqrt(), members)
+
+
+DEFAULT_COLOR = "#000000"  # a normaliser that has no colour of its own yet is drawn black, never a crash
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """One option of the `norm` config group: the module a run alone builds, as `build(num_features, spatial,
+    cfg)` (`spatial`: the input is N x C x H x W, else N x C), what the rest of the code needs to know of it, how
+    figures show it, and what it does in a stack (`StackedMLP`), where it trains alone without both functions."""
+
+    build: Callable[[int, bool, DictConfig], nn.Module]
+    # it subtracts a mean, so the linear map before it drops its bias: beta takes its role (Ioffe §3.2)
+    drops_bias: bool
+    # its training-mode output depends on other examples in the batch (a batch of one is degenerate)
+    batch_dependent: bool
+    # it maps each unit by one affine function over the whole batch (in training mode): one example's output
+    # depends on its own input through a per-unit slope, which is what a layer's Jacobian can be read from
+    per_unit_affine: bool
+    label: str  # its name in figures and tables
+    color: str = DEFAULT_COLOR  # the same in every figure
+    stacked_train: StackedNorm | None = None  # what it does in training mode in a stack
+    stacked_eval: StackedNorm | None = None  # ... and in eval mode (running statistics, no noise)
+
+    def __post_init__(self) -> None:
+        if (self.stacked_train is None) != (self.stacked_eval is None):
+            raise ValueError("a stacked normaliser needs both its training and its eval function")
+
+
+NORMS: dict[str, NormSpec] = {
+    "none": NormSpec(_none, drops_bias=False, batch_dependent=False, per_unit_affine=True, label="no BN",
+                     color="#444444", stacked_train=_unchanged_stacked, stacked_eval=_unchanged_stacked),
+    "batch": NormSpec(_batch, drops_bias=True, batch_dependent=True, per_unit_affine=True, label="BN",
+                      color="#1f77b4", stacked_train=_batch_train, stacked_eval=_batch_eval),
+    # noise after BN
+    "noisy_batch": NormSpec(lambda n, spatial, cfg: nn.Sequential(_batch(n, spatial, cfg), _noise(cfg)),
+                            drops_bias=True, batch_dependent=True, per_unit_affine=False, label="noisy BN",
+                            color="#9467bd", stacked_train=_noisy_batch_train, stacked_eval=_noisy_batch_eval),
+    # the same noise on the standard network
+    "noisy_none": NormSpec(lambda n, spatial, cfg: _noise(cfg),
+                           drops_bias=False, batch_dependent=False, per_unit_affine=False, label="noise, no BN",
+                           color="#d62728", stacked_train=_noise_train, stacked_eval=_unchanged_stacked),
+    # Ba et al. 2016
+    "layer": NormSpec(_layer, drops_bias=True, batch_dependent=False, per_unit_affine=False, label="LayerNorm",
+                      color="#2ca02c", stacked_train=_layer_stacked, stacked_eval=_layer_stacked),
     # Wu & He 2018: statistics over groups of units per example
-    "group": lambda n, spatial, cfg: nn.GroupNorm(cfg.groups, n, eps=cfg.eps, affine=cfg.affine),
-    "batch_renorm": lambda n, spatial, cfg: BatchRenorm(n, cfg),
+    "group": NormSpec(lambda n, spatial, cfg: nn.GroupNorm(cfg.groups, n, eps=cfg.eps, affine=cfg.affine),
+                      drops_bias=True, batch_dependent=False, per_unit_affine=False, label="GroupNorm",
+                      color="#17becf", stacked_train=_group_stacked, stacked_eval=_group_stacked),
+    "batch_renorm": NormSpec(lambda n, spatial, cfg: BatchRenorm(n, cfg), drops_bias=True, batch_dependent=True,
+                             per_unit_affine=True, label="BatchRenorm", color="#ff7f0e",
+                             stacked_train=_renorm_train, stacked_eval=_running_mean_var_eval),
     # Ioffe & Szegedy §2: BN's statistics held constant in backprop; the linear map keeps its bias, which is what
     # the paper says then drifts
-    "batch_detached": lambda n, spatial, cfg: DetachedBatchNorm(n, cfg),
-    "lp1": partial(_lp, p=1.0),
-    "lp2": partial(_lp, p=2.0),
-    "lpinf": partial(_lp, p=float("inf")),
+    "batch_detached": NormSpec(lambda n, spatial, cfg: DetachedBatchNorm(n, cfg), drops_bias=False,
+                               batch_dependent=True, per_unit_affine=True,
+                               label="BN, statistics outside the gradient", color="#7f7f7f",
+                               stacked_train=_detached_train, stacked_eval=_running_mean_var_eval),
+    "lp1": NormSpec(partial(_lp, p=1.0), drops_bias=True, batch_dependent=True, per_unit_affine=True,
+                    label="ℓ1 norm", color="#8c564b", stacked_train=_lp_train, stacked_eval=_lp_eval),
+    "lp2": NormSpec(partial(_lp, p=2.0), drops_bias=True, batch_dependent=True, per_unit_affine=True,
+                    label="ℓ2 norm", color="#e377c2", stacked_train=_lp_train, stacked_eval=_lp_eval),
+    "lpinf": NormSpec(partial(_lp, p=float("inf")), drops_bias=True, batch_dependent=True, per_unit_affine=True,
+                      label="ℓ∞ norm", color="#bcbd22", stacked_train=_lp_train, stacked_eval=_lp_eval),
 }
 
-# Normalisers that subtract a mean make the preceding bias redundant: beta takes its role (Ioffe §3.2).
-NORMALIZERS_WITH_SHIFT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "layer", "group", "batch_renorm"}
-
-# Normalisers whose training-mode output depends on other examples in the batch (a batch of one is degenerate).
-BATCH_DEPENDENT = {"batch", "noisy_batch", "lp1", "lp2", "lpinf", "batch_renorm", "batch_detached"}
-
-# Normalisers that map each unit by one affine function over the whole batch (in training mode): one example's
-# output depends on its own input through a per-unit slope, which is what a layer's Jacobian can be read from.
-PER_UNIT_AFFINE = {"none", "batch", "lp1", "lp2", "lpinf", "batch_renorm", "batch_detached"}
+BATCH_DEPENDENT = {name for name, spec in NORMS.items() if spec.batch_dependent}
+PER_UNIT_AFFINE = {name for name, spec in NORMS.items() if spec.per_unit_affine}
+STACKABLE_NORMS = {name for name, spec in NORMS.items() if spec.stacked_train is not None}

@@ -10,15 +10,12 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bnlab.norms import NORMS  # noqa: E402
 from bnlab.runlog import atomic_write_bytes  # noqa: E402
 
-# One colour per normaliser, the same in every figure.
-COLORS = {"none": "#444444", "batch": "#1f77b4", "noisy_batch": "#9467bd", "noisy_none": "#d62728", "layer": "#2ca02c",
-          "group": "#17becf", "batch_renorm": "#ff7f0e", "lp1": "#8c564b", "lp2": "#e377c2",
-          "lpinf": "#bcbd22", "batch_detached": "#7f7f7f"}
-LABELS = {"none": "no BN", "batch": "BN", "noisy_batch": "noisy BN", "noisy_none": "noise, no BN", "layer": "LayerNorm",
-          "group": "GroupNorm", "batch_renorm": "BatchRenorm", "lp1": "ℓ1 norm", "lp2": "ℓ2 norm",
-          "lpinf": "ℓ∞ norm", "batch_detached": "BN, statistics outside the gradient"}
+# Each normaliser's colour and label, as its registry entry gives them: the same in every figure.
+COLORS = {name: spec.color for name, spec in NORMS.items()}
+LABELS = {name: spec.label for name, spec in NORMS.items()}
 
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
                      "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False})

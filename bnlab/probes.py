@@ -66,11 +66,6 @@ def layer_values(model: Net, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     return [{k: a.transpose(0, 1).reshape(a.shape[1], -1) for k, a in c.items()} for c in captured]
 
 
-def pre_activations(model: Net, x: torch.Tensor) -> list[torch.Tensor]:
-    """The input of every hidden nonlinearity on batch x, in training mode (batch statistics), as units x values."""
-    return [v["x"] for v in layer_values(model, x)]
-
-
 def per_unit_scale(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """The slope of each unit's normaliser over the batch (units x values in, units out): cov(after, before) /
     var(before). It is the normaliser's derivative for one that maps each unit by an affine function over the

@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from bnlab import runlog
 from bnlab.analysis import RateNotFrozen, chosen_rates
 from bnlab.archive import archive_path, unpack
 from bnlab.claims import (
@@ -35,7 +34,7 @@ from bnlab.claims import (
     holds_in,
     judge,
 )
-from bnlab.config import REPO_ROOT
+from bnlab.config import REPO_ROOT, ConfigError
 from bnlab.registration import (
     CONFIRMATORY_SEEDS,
     check,
@@ -47,10 +46,11 @@ from bnlab.registration import (
     registration_path,
 )
 from bnlab.runlog import DONE, atomic_write_text
-from bnlab.sweeps import experiment_config, experiment_names, in_sweep, job_identities, job_name, runs_root, sweep_jobs
+from bnlab.sweeps import experiment_config, experiment_names, runs_root, sweep_runs, sweep_seconds
 
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 FAILED = "the analysis failed"
+NO_FINDING = "analysis returned no finding"
 
 
 def tally(rows: list[dict], stage: str = "confirmatory") -> str:
@@ -74,7 +74,7 @@ def claims_for_readme(rows: list[dict], out_dir: Path, freeze: str | None) -> st
     claims = [r for r in rows if r["kind"] == "claim"]
     by_group = pd.DataFrame([{"source": group, "claims": len(mine),
                               **{v: sum(r["confirmatory magnitude"] == v for r in mine) for v in VERDICTS}}
-                             for group in GROUPS if (mine := [r for r in claims if r["group"] == group])])
+                             for group in SECTIONS if (mine := [r for r in claims if r["group"] == group])])
     return (f"**Confirmatory (criteria frozen at {str(freeze)[:10]}): {tally(rows)}.** Magnitude verdicts by "
             f"source below; claim by claim, with the numbers and the exploratory verdicts beside them: "
             f"[{report}]({report}).\n\n" + markdown(by_group))
@@ -89,53 +89,49 @@ def update_readme(table: str) -> None:
         atomic_write_text(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}")
 
 
-# The report's order: by source, as a reader looks claims up; each heading with the prefixes of the claim sources
-# it holds (an experiment goes under its first claim's source).
-SOURCES = (("Ioffe & Szegedy 2015", ("Ioffe & Szegedy",)), ("Santurkar et al. 2018", ("Santurkar",)),
-           ("Deep Learning Book §8.7.1", ("Goodfellow",)), ("Bjorck et al. 2018", ("Bjorck",)),
-           ("LayerNorm, GroupNorm and Batch Renormalization", ("Ba et al.", "Wu & He", "Ioffe 2017")),
-           ("Questions from the write-up", ("Write-up",)), ("Other", ("",)))
-GROUPS = tuple(heading for heading, _ in SOURCES)
+# The report's headings, in its order: by source, as a reader looks claims up. Each experiment config names its
+# own (`section:`), so a new paper is a new entry here.
+SECTIONS = ("Ioffe & Szegedy 2015", "Santurkar et al. 2018", "Deep Learning Book §8.7.1", "Bjorck et al. 2018",
+            "LayerNorm, GroupNorm and Batch Renormalization", "Questions from the write-up")
 
 
-def source_group(source: str) -> str:
-    """The report heading a claim source goes under."""
-    return next(heading for heading, prefixes in SOURCES if source.startswith(prefixes))
+def by_section(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
+    """(heading, experiment) in the report's order; an experiment whose `section` is not a heading is an error."""
+    unknown = {name: cfg.section for name, cfg in configs.items() if cfg.section not in SECTIONS}
+    if unknown:
+        raise ConfigError(f"experiment configs with a section the report does not have: "
+                          f"{', '.join(f'{name} ({section!r})' for name, section in unknown.items())}; "
+                          f"`section:` is one of: {', '.join(map(repr, SECTIONS))} (bnlab.report.SECTIONS)")
+    return sorted(((cfg.section, name) for name, cfg in configs.items()),
+                  key=lambda k: (SECTIONS.index(k[0]), k[1]))
 
 
-def by_source(configs: dict[str, DictConfig]) -> list[tuple[str, str]]:
-    """(heading, experiment) in the report's order."""
-    keyed = [(source_group(next(iter(cfg.claims.values())).source if cfg.claims else ""), name)
-             for name, cfg in configs.items()]
-    return sorted(keyed, key=lambda k: (GROUPS.index(k[0]), k[1]))
+class UndeclaredFinding(ConfigError):
+    """An analysis returned a finding for a claim id its experiment config does not declare."""
 
 
-def sweep_runs(name: str, scale: str, root: Path, overrides: list[str]) -> pd.DataFrame:
-    """The run directories of an experiment under `root`, marked `in_sweep` (a job of its current sweep) and
-    `stale` (trained under an earlier config of it: its identity is not the one train would give it now)."""
-    on_disk = runlog.runs(root / name)
-    if not len(on_disk):
-        return on_disk
-    jobs, excluded = sweep_jobs(name, scale, overrides)
-    named = [job_name(o, excluded) for o in on_disk.job_overrides]
-    on_disk["in_sweep"] = [in_sweep(n, jobs) for n in named]
-    current = job_identities(name, scale, {n for n in named if n in jobs})
-    identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
-    on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]
-                        for n, i in zip(named, identity, strict=True)]
-    return on_disk.drop(columns="job_overrides")
+def declared(name: str, cfg: DictConfig, findings: list[Finding]) -> dict[str, Finding]:
+    """The findings by claim id, one per declared claim: a claim the analysis left out reads NO_FINDING; an id the
+    config does not declare (a typo, a claim renamed in one file only) is an error, never dropped."""
+    undeclared = [f.claim for f in findings if f.claim not in cfg.claims]
+    if undeclared:
+        raise UndeclaredFinding(f"experiments/{name}.py returned findings for claims its config does not declare: "
+                                f"{', '.join(undeclared)} (declared: {', '.join(cfg.claims)})")
+    by_claim = {f.claim: f for f in findings}
+    return {cid: by_claim.get(cid, Finding(cid, [], untestable={"": NO_FINDING})) for cid in cfg.claims}
 
 
 def analyse(name: str, cfg: DictConfig, runs: pd.DataFrame, out_dir: Path, frozen: dict | None = None,
             record: dict | None = None) -> tuple[dict[str, Finding], Context]:
     """One experiment's findings by claim id; within the frozen rates (confirmatory) or recording the rates the
-    analysis chooses (exploratory). A rate the registration did not freeze makes every claim not testable."""
+    analysis chooses (exploratory). A rate the registration did not freeze makes every claim not testable; an
+    analysis that raises, or returns a finding for an undeclared claim, makes every claim read FAILED."""
     ctx = Context(name, cfg, runs, out_dir)
     if not (len(runs) and runs.status.isin(DONE).any()):  # an analysis needs a run that trained to its end
         return {}, ctx
     try:
         with chosen_rates(frozen, record):
-            findings = importlib.import_module(f"bnlab.experiments.{name}").analyze(ctx)
+            findings = declared(name, cfg, importlib.import_module(f"bnlab.experiments.{name}").analyze(ctx))
     except RateNotFrozen as e:
         return {cid: Finding(cid, [], untestable={"": f"its best rate was not frozen ({e})"})
                 for cid in cfg.claims}, ctx
@@ -143,7 +139,7 @@ def analyse(name: str, cfg: DictConfig, runs: pd.DataFrame, out_dir: Path, froze
         traceback.print_exc()
         why = f"{FAILED} ({type(e).__name__}: {e}; traceback on stderr)"
         return {cid: Finding(cid, [], untestable={"": why}) for cid in cfg.claims}, ctx
-    return {f.claim: f for f in findings}, ctx
+    return findings, ctx
 
 
 @dataclass
@@ -266,7 +262,7 @@ def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[
     the stages' analyses."""
     stages = analyse_stages(scale, out_dir, overrides)
     rows, pages = [], {}
-    for group, name in by_source(stages.configs):
+    for group, name in by_section(stages.configs):
         stage = stages.confirmatory if stages.confirmatory.runs else stages.exploratory
         sections = [relinked(part) for part in stage.sections.get(name, [])]
         for claim_id, claim in stages.configs[name].claims.items():
@@ -304,10 +300,8 @@ def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
     seeds), cheapest first by their last logged sweep time, so that an interrupted second stage has finished the
     most experiments."""
     names = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False).second_stage_missing
-    log = REPO_ROOT / "results" / f"timing_{scale}.log"
-    seconds = dict(m.groups() for line in (log.read_text().splitlines() if log.is_file() else [])
-                   if (m := re.match(r"^\[bnlab\] (\w+): (\d+) s$", line)))  # the last time of each sweep
-    return sorted(names, key=lambda n: int(seconds.get(n, 10**9)))
+    seconds = sweep_seconds(scale)
+    return sorted(names, key=lambda n: seconds.get(n, 10**9))
 
 
 def undecided_cells(finding: Finding, c: Criterion) -> list[Cell]:
@@ -333,11 +327,11 @@ def shown(cell: Cell) -> str:
 
 
 def judged(stages: Stages, stage: str, name: str, claim_id: str, c: Criterion) -> Judgement | None:
+    """The claim's verdict in one stage; None where the stage has no finished run of its experiment."""
     s = getattr(stages, stage)
-    if name not in s.findings:
+    if not s.findings.get(name):
         return None
-    f = s.findings[name].get(claim_id, Finding(claim_id, [], untestable={"": "analysis returned no finding"}))
-    return judge(f, c, s.more.get(name, {}).get(claim_id))
+    return judge(s.findings[name][claim_id], c, s.more.get(name, {}).get(claim_id))
 
 
 def frozen_criterion(registered: dict | None, experiment: str, claim_id: str, c: Criterion) -> Criterion:
@@ -388,7 +382,7 @@ def claim_section(row: dict, claim: DictConfig, stages: Stages, name: str) -> st
             f"{row[f'{stage} magnitude'] or '—'}.** Measures: {claim.measures or claim.statement}.",
             f"*{claim.source}.* {claim.statement}. Setup: {claim.setup}."
             + (f" Confound: {claim.confound}." if claim.confound else "")
-            + f" Criterion: mean {row['criterion']}; one value per {claim.replicate}. Paper: {claim.paper}"
+            + f" Criterion: mean {row['criterion']}; one value per seed. Paper: {claim.paper}"
             + (f" Paper's effect: {claim.paper_effect:g} ({claim.paper_ref})." if claim.paper_effect is not None
                else "")]
     cells = []
@@ -498,7 +492,7 @@ def header(scale: str, runs: pd.DataFrame, rows: list[dict], stages: Stages) -> 
             f"({MAGNITUDE_SHARE:g} of the paper's effect where it gives one); *direction*: against no effect. "
             "Cells combine by the rule each claim declares; \"holds in k of m cells\" describes, it does not judge. "
             "Each id links to its experiment's page: setup, confound, criterion, both stages' cells, figures.",
-            "## Claims", *[part for group in GROUPS if (mine := [r for r in claims if r["group"] == group])
+            "## Claims", *[part for group in SECTIONS if (mine := [r for r in claims if r["group"] == group])
                            for part in (f"### {group}", compact([x for r in mine for x in front_rows(r)]))],
             "## Verdicts that differ between the stages", differing(differ),
             "## Sanity checks",

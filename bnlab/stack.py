@@ -1,5 +1,5 @@
-"""The stepping models: what takes one training step of one run (`SingleModel`) or of a stack of K runs
-(`StackedMLP`), behind one interface (`Stepper`), and which runs may share a stack (`stack_key`).
+"""The stack: K runs' MLPs trained as one model (`StackedMLP`, a `stepping.Stepper` as a run alone's
+`SingleModel` is), and which runs may share a stack (`stack_key`).
 
 A small MLP step is mostly per-operation overhead, so K models whose weights are stacked into K x out x in
 tensors and multiplied with one `bmm` cost far less than K separate steps. The runs of a stack differ only in
@@ -9,9 +9,9 @@ under its own seed), data order, learning rate, momentum, weight decay, dropout 
 evaluation scores every member in one eval-mode pass (`StackedMLP.evaluate`). Members match the same run
 trained alone to float rounding.
 
-Only MLPs are stacked, with a normaliser that `StackedMLP.normalise` knows (`STACKABLE_NORMS`: a new one trains
-alone until it is added there), no moment penalty and plain SGD (optim.block=all); every other run, and one that
-asks to (trainer.alone), trains alone. A run alone draws
+Only MLPs are stacked, with a normaliser whose registry entry has stacked functions (`norms.NORMS`; a new one
+trains alone until its entry has them), no moment penalty and plain SGD (optim.block=all); every other run, and
+one that asks to (trainer.alone), trains alone. A run alone draws
 its dropout masks and noise from the global RNG, which nothing else in its training step touches; a member draws
 them from its own generator, started in the same state and drawn in the same order, so its masks and noise are
 those of its run alone. Each member's moment tracker is fed the batch moments the stack computes, where a run
@@ -19,170 +19,44 @@ alone's tracker hooks its forward. Probes that move the weights (ICS, landscape)
 Activations are kept as K x features x batch so that BN over all K x width units is one `F.batch_norm` call
 on a free view (1, K*width, batch). At a small batch (`SMALL_BATCH`) a step is mostly passes over the members'
 weights: there the activations are batch-major in memory (the same shape, transposed strides), the products x^T W^T,
-and with plain SGD `fused_step` updates each weight in place.
+and with plain SGD `small_batch_step` updates each weight in place.
 """
 
 import hashlib
 import json
-from typing import Protocol
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import stack_module_state
 
-from bnlab.config import flatten, role
-from bnlab.models import Net, chosen_layer, layer_parameters, resolve_device
-from bnlab.norms import AlgOneNoise, BatchRenorm, LpNorm, lp_normalise, renormalise
+from bnlab.config import flatten, may_stack, shared_in_stack
+from bnlab.models import Block, Net
+from bnlab.norms import NORMS, STACKABLE_NORMS, Members, StackedNorm
 from bnlab.probes import MomentTracker
-
-# The training losses, each averaged (or summed) over a batch.
-LOSSES = {
-    "cross_entropy": lambda out, y: F.cross_entropy(out, y),
-    "mse": lambda out, y: F.mse_loss(out, y),
-    "mse_sum": lambda out, y: F.mse_loss(out, y, reduction="sum"),  # Santurkar's DLN: lr 1e-6 implies a sum
-}
-
-
-@torch.no_grad()
-def evaluate(model: Net, x: torch.Tensor, y: torch.Tensor, loss: str) -> tuple[float, float | None]:
-    """Loss and accuracy in eval mode (running statistics), the way a deployed model is scored.
-
-    Cross-entropy and `mse` are averaged; `mse_sum` is summed over the whole set, as it is trained."""
-    # A CNN's activations for 1,000 images overflow the cache: a 10k CIFAR pass takes 3.6 s in chunks of 1,000
-    # and 1.7 s in chunks of 256 (one thread, measured); MLP chunks of 256-1,000 cost the same.
-    chunk = 256 if model.conv else 1000
-    was_training = model.training
-    model.eval()
-    total, correct = 0.0, 0
-    for i in range(0, len(x), chunk):
-        out = model(x[i:i + chunk])
-        if loss == "cross_entropy":
-            total += F.cross_entropy(out, y[i:i + chunk], reduction="sum").item()
-            correct += (out.argmax(1) == y[i:i + chunk]).sum().item()
-        else:
-            total += F.mse_loss(out, y[i:i + chunk], reduction="sum").item()
-    model.train(was_training)
-    if loss == "cross_entropy":
-        return total / len(x), correct / len(x)
-    return (total if loss == "mse_sum" else total / y.numel()), None
-
-
-def moment_penalty(inputs: list[torch.Tensor]) -> torch.Tensor:
-    """Summed over layers, the mean over units of (batch mean)^2 + (batch variance - 1)^2: zero exactly when every
-    unit's input is standardised over the batch, as BN would make it."""
-    total = 0.0
-    for a in inputs:
-        a = a.transpose(0, 1).flatten(1)  # units x values (a conv layer's positions count as examples)
-        total = total + (a.mean(1).pow(2) + (a.var(1, unbiased=False) - 1).pow(2)).mean()
-    return total
-
-
-class Stepper(Protocol):
-    """What the trainer asks of a model that trains one run or a stack of them; member k is run k."""
-
-    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
-        """One SGD step of every member on its batch (idx: members x batch): losses, and correct counts."""
-        ...
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
-        """Loss and accuracy of the listed members in eval mode (running statistics) on (x, y), as `evaluate`."""
-        ...
-
-    def keep(self, members: list[int]) -> None:
-        """Drop every member not listed (one that diverged)."""
-        ...
-
-    def member(self, k: int) -> Net:
-        """Member k as an ordinary Net, its weights as they are now, for evaluation, probes, checkpoints."""
-        ...
-
-    def rng_state(self, k: int) -> torch.Tensor:
-        """The RNG member k's dropout and noise draw from, as a run alone would checkpoint it."""
-        ...
-
-    def optimizer_state(self, k: int) -> dict:
-        """Member k's optimiser as `torch.optim.SGD.state_dict()` gives it."""
-        ...
-
-
-class SingleModel:
-    """One run's own nn.Module and torch.optim.SGD: every architecture, normaliser and probe."""
-
-    def __init__(self, net: Net, opt: torch.optim.SGD, train_x: torch.Tensor, train_y: torch.Tensor, loss: str,
-                 tracker: MomentTracker | None, moment_penalty: float = 0.0, block: str = "all", step: int = 0):
-        self.net, self.opt, self.train_x, self.train_y = net, opt, train_x, train_y
-        # block-coordinate SGD (optim.block): each step moves one layer; `step` counts steps taken (a resumed run's)
-        self.block, self.steps_taken, self.layers = block, step, layer_parameters(net)
-        self.loss, self.classify, self.tracker = LOSSES[loss], loss == "cross_entropy", tracker
-        self.loss_name = loss
-        self.moment_penalty, self.inputs = moment_penalty, []  # the nonlinearities' inputs of this step
-        if moment_penalty:
-            for block in net.blocks:
-                block.norm.register_forward_hook(lambda module, args, out: self.inputs.append(out))
-
-    def step(self, idx: torch.Tensor) -> tuple[list[float], list[int] | None]:
-        x, y = self.train_x.index_select(0, idx[0]), self.train_y.index_select(0, idx[0])
-        if self.tracker:
-            self.tracker.active = True
-        self.inputs.clear()  # probes run the network too
-        out = self.net(x)
-        if self.tracker:
-            self.tracker.active = False
-        loss = self.loss(out, y)
-        self.opt.zero_grad(set_to_none=True)
-        objective = loss + self.moment_penalty * moment_penalty(self.inputs) if self.moment_penalty else loss
-        objective.backward()
-        if self.block != "all":  # SGD skips a parameter without a gradient (validate refuses momentum, decay)
-            chosen = chosen_layer(self.block, self.steps_taken, [[p.grad for p in ps] for ps in self.layers])
-            for i, ps in enumerate(self.layers):
-                if i != chosen:
-                    for p in ps:
-                        p.grad = None
-        self.opt.step()
-        self.steps_taken += 1
-        return [loss.item()], [(out.argmax(1) == y).sum().item()] if self.classify else None  # the data loss
-
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
-        return [evaluate(self.net, x, y, self.loss_name)]
-
-    def keep(self, members: list[int]) -> None:
-        pass  # one member: when it diverges, training ends
-
-    def member(self, k: int) -> Net:
-        return self.net
-
-    def rng_state(self, k: int) -> torch.Tensor:
-        return torch.get_rng_state()  # dropout and noise draw from the global RNG
-
-    def optimizer_state(self, k: int) -> dict:
-        return self.opt.state_dict()
-
-
-
-STACKABLE_NORMS = ("none", "batch", "lp1", "lp2", "lpinf", "noisy_batch", "noisy_none", "layer", "group",
-                   "batch_renorm")
+from bnlab.runtime import resolve_device
+from bnlab.stepping import Stepper
 
 
 def stack_key(cfg: DictConfig) -> str | None:
-    """Runs with equal keys can train as one stack; None: this run must train alone."""
-    m = cfg.model
-    if (m.arch != "mlp" or cfg.norm.name not in STACKABLE_NORMS
-            or resolve_device(cfg.device) != "cpu"  # masks drawn on the CPU
-            or cfg.wandb.mode != "disabled" or cfg.trainer.moment_penalty
-            or cfg.optim.block != "all" or cfg.trainer.alone):
-        return None
+    """Runs with equal keys can train as one stack; None: this run must train alone. config.KEY_ROLES says what a
+    stack needs and which keys its runs share."""
     values = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    shared = {k: v for k, v in values.items() if role(k) in (None, "source")}  # config.KEY_ROLES
+    values["device"] = resolve_device(values["device"])  # the device it trains on, as its identity records it
+    if not may_stack(values, STACKABLE_NORMS):
+        return None
+    shared = {k: v for k, v in values.items() if shared_in_stack(k)}
     return hashlib.sha1(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 EVAL_CHUNK = 1000  # images per stacked forward in eval mode
-# Up to this batch a stacked step multiplies as x^T W^T and updates the weights in place (`StackedMLP.fused_step`):
-# there a step is mostly passes over the members' weights. Above it W x and the autograd update are faster.
+# Up to this batch a stacked step multiplies as x^T W^T and updates the weights in place
+# (`StackedMLP.small_batch_step`): there a step is mostly passes over the members' weights. Above it W x and the
+# autograd update are faster.
 SMALL_BATCH = 8
 
-# Per-member losses of K x batch x outputs, reduced as `LOSSES` reduces one model's.
+# Per-member losses of K x batch x outputs, reduced as `stepping.LOSSES` reduces one model's.
 STACKED_LOSSES = {
     "cross_entropy": lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
     .view(y.shape).mean(1),
@@ -191,40 +65,17 @@ STACKED_LOSSES = {
 }
 
 
-def _affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
-    """Each member's gamma and beta (K x units) on K x units x batch; as the modules apply them after normalising."""
-    return x if weight is None else x * weight.unsqueeze(2) + bias.unsqueeze(2)
+def _stacked_functions(norm_name: str) -> tuple[StackedNorm, StackedNorm]:
+    """Normaliser `norm_name`'s stacked training and eval functions, as its registry entry gives them."""
+    spec = NORMS[norm_name]
+    if spec.stacked_train is None or spec.stacked_eval is None:
+        raise ValueError(f"norm {norm_name!r} cannot be stacked: its entry in norms.NORMS has no stacked functions")
+    return spec.stacked_train, spec.stacked_eval
 
 
-def _per_example(norm: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor | None,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-    """LayerNorm or GroupNorm (statistics per example, over its (groups of) units) on K x units x batch, each
-    example's units laid out as a run alone lays them out; the same in training and eval mode."""
-    k, c, n = x.shape
-    rows = x.transpose(1, 2).reshape(k * n, c)
-    rows = F.layer_norm(rows, (c,), eps=norm.eps) if isinstance(norm, torch.nn.LayerNorm) \
-        else F.group_norm(rows, norm.num_groups, eps=norm.eps)
-    y = rows.view(k, n, c).transpose(1, 2)
-    return _affine(y if n <= SMALL_BATCH else y.contiguous(), weight, bias)  # as `StackedMLP.linear` lays it out
-
-
-def _normalise_eval(norm: torch.nn.Module, name: str, x: torch.Tensor, p: dict, b: dict) -> torch.Tensor:
-    """What `norm` does in eval mode (running statistics, no noise), member by member; x: K x units x batch."""
-    weight, bias = p.get(f"{name}.weight"), p.get(f"{name}.bias")
-    stat = lambda buf: b[f"{name}.{buf}"].unsqueeze(2)  # noqa: E731  (K x units -> K x units x 1)
-    if isinstance(norm, torch.nn.BatchNorm1d):
-        k, c, n = x.shape
-        return F.batch_norm(x.view(1, k * c, n), b[f"{name}.running_mean"].view(-1),
-                            b[f"{name}.running_var"].view(-1), None if weight is None else weight.view(-1),
-                            None if bias is None else bias.view(-1), training=False, eps=norm.eps).view(k, c, n)
-    if isinstance(norm, LpNorm):
-        return _affine((x - stat("running_mean")) / (stat("running_scale") + norm.eps), weight, bias)
-    if isinstance(norm, BatchRenorm):
-        return _affine((x - stat("running_mean")) / (stat("running_var") + norm.eps).sqrt(), weight, bias)
-    if isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
-        return _per_example(norm, x, weight, bias)
-    assert isinstance(norm, (AlgOneNoise, torch.nn.Identity)), f"{type(norm).__name__} cannot be stacked"
-    return x  # the noise is off in eval mode
+def _norm_members(layer: int, params: dict, buffers: dict, generators: list, batch: int) -> Members:
+    """Block `layer`'s normaliser's share of the stack's parameters and buffers, by its module's own names."""
+    return Members(params, buffers, generators, small_batch=batch <= SMALL_BATCH).under(f"blocks.{layer}.norm.")
 
 
 def _momentum_buffer(opt: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor:
@@ -232,14 +83,16 @@ def _momentum_buffer(opt: torch.optim.SGD, param: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(param) if buf is None else buf
 
 
-class StackedMLP:
+class StackedMLP(Stepper):
     """K `Net` MLPs and their `torch.optim.SGD`s as one stacked model with a hand-written stacked SGD step."""
 
     def __init__(self, nets: list[Net], opts: list[torch.optim.SGD], rng_states: list[torch.Tensor],
                  train_x: torch.Tensor, train_y: torch.Tensor, loss: str, trackers: list[MomentTracker] | None = None):
         self.nets = nets  # member k's own Net (its own dropout rate), loaded with its weights when asked for
-        self.blocks = [(b.norm, b.act) for b in nets[0].blocks]  # with norm.last_layers, Identity below them
-        self.residual = [b.residual for b in nets[0].blocks]  # model.residual: a block adds its input
+        # each block's stacked normaliser functions, a run alone's module (for its settings) and nonlinearity
+        blocks = cast(list[Block], list(nets[0].blocks))  # an nn.ModuleList's items are typed as plain Modules
+        self.blocks = [(*_stacked_functions(b.norm_name), b.norm, b.act) for b in blocks]
+        self.residual = [b.residual for b in blocks]  # model.residual: a block adds its input
         self.depth = len(self.blocks)
         self.params, self.buffers = stack_module_state(nets)
         groups = [o.param_groups[0] for o in opts]
@@ -265,12 +118,10 @@ class StackedMLP:
     def forward(self, x: torch.Tensor, taps: list | None = None) -> torch.Tensor:
         """x: K x inputs x batch -> K x outputs x batch, each member with its own weights and BN statistics.
         `taps`: a list to which each linear map adds (weight's name, input, output), its weight left out of the
-        graph (`fused_step`)."""
-        for i, (norm, act) in enumerate(self.blocks):
+        graph (`small_batch_step`)."""
+        for i, (stacked_train, _, norm, act) in enumerate(self.blocks):
             h = self.linear(f"blocks.{i}.linear", x, taps)
-            parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]  # noisy BN: BN, then noise
-            for j, part in enumerate(parts):
-                h = self.normalise(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), h)
+            h = stacked_train(norm, h, _norm_members(i, self.params, self.buffers, self.generators, h.shape[2]))
             if self.trackers:
                 self.track_moments(i, h)
             h = act(h)
@@ -282,7 +133,7 @@ class StackedMLP:
     def linear(self, name: str, x: torch.Tensor, taps: list | None) -> torch.Tensor:
         """The linear map `name` (K x out x in weights, K x out bias) of each member on K x in x batch."""
         w, bias = self.params[f"{name}.weight"], self.params.get(f"{name}.bias")
-        w = w.detach() if taps is not None else w  # `fused_step` applies this weight's gradient itself
+        w = w.detach() if taps is not None else w  # `small_batch_step` applies this weight's gradient itself
         if x.shape[2] > SMALL_BATCH:
             out = torch.bmm(w, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, x)
         else:  # x^T W^T, as a run alone's F.linear: twice as fast as W x at batch 2 (one pass over the weights)
@@ -294,45 +145,17 @@ class StackedMLP:
             taps.append((f"{name}.weight", x.detach(), out))
         return out
 
-    def normalise(self, norm: torch.nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
-        """What `norm` (a run alone's module, named `name` in its Net) does in training mode, member by member;
-        x: K x units x batch."""
-        p, b = self.params, self.buffers
-        weight, bias = p.get(f"{name}.weight"), p.get(f"{name}.bias")
-        if isinstance(norm, torch.nn.BatchNorm1d):
-            k, c, n = x.shape
-            x = F.batch_norm(x.reshape(1, k * c, n), b[f"{name}.running_mean"].view(-1),  # a copy at a small batch
-                             b[f"{name}.running_var"].view(-1), None if weight is None else weight.view(-1),
-                             None if bias is None else bias.view(-1), training=True, momentum=norm.momentum,
-                             eps=norm.eps).view(k, c, n)
-            b[f"{name}.num_batches_tracked"] += 1
-            return x
-        if isinstance(norm, LpNorm):  # LpNorm's own training step, over each member's batch (dim 2)
-            return _affine(lp_normalise(x, 2, norm.p, norm.eps, b[f"{name}.running_mean"],
-                                        b[f"{name}.running_scale"], norm.momentum), weight, bias)
-        if isinstance(norm, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
-            return _per_example(norm, x, weight, bias)
-        if isinstance(norm, BatchRenorm):  # BatchRenorm's own training step, over each member's batch (dim 2)
-            y = renormalise(norm, x, 2, *(b[f"{name}.{buf}"] for buf in ("running_mean", "running_var", "steps")))
-            return _affine(y, weight, bias)
-        if isinstance(norm, AlgOneNoise):  # each member's noise from its own generator, as its run alone draws it
-            k, c, n = x.shape
-            draws = [norm.sample(n, c, g)[2:] for g in self.generators]
-            m, s = (torch.stack([d[i] for d in draws]).transpose(1, 2).contiguous() for i in (0, 1))
-            return s * x + m
-        assert isinstance(norm, torch.nn.Identity), f"{type(norm).__name__} cannot be stacked"
-        return x
-
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, members: list[int]) -> list[tuple[float, float | None]]:
-        """Loss and accuracy of each listed member in eval mode on one set, as `evaluate` scores it alone.
+        """Loss and accuracy of each listed member in eval mode on one set, as `stepping.evaluate` scores it alone.
 
         The set is the same for every member, so the first layer is one GEMM over every member's weights side by
         side: far fewer, larger products than a `bmm` over K copies of the set."""
         index = torch.tensor(members)
         p = {n: t.detach()[index] for n, t in self.params.items()}
         b = {n: t[index] for n, t in self.buffers.items()}
-        k, total, correct = len(members), torch.zeros(len(members), dtype=torch.float64), 0
+        k, total = len(members), torch.zeros(len(members), dtype=torch.float64)
+        correct = torch.zeros(len(members), dtype=torch.int64)
         for i in range(0, len(x), EVAL_CHUNK):
             out = self._eval_forward(x[i:i + EVAL_CHUNK].flatten(1), p, b).transpose(1, 2)  # K x chunk x outputs
             target = y[i:i + EVAL_CHUNK]
@@ -348,7 +171,7 @@ class StackedMLP:
     def _eval_forward(self, x: torch.Tensor, p: dict, b: dict) -> torch.Tensor:
         """x: batch x inputs, shared by every member -> K x outputs x batch, in eval mode."""
         a = x  # block i's input: the shared images for the first, K x width x batch after
-        for i, (norm, act) in enumerate(self.blocks):
+        for i, (_, stacked_eval, norm, act) in enumerate(self.blocks):
             w, bias = p[f"blocks.{i}.linear.weight"], p.get(f"blocks.{i}.linear.bias")
             if i == 0:  # one GEMM, (K*width) x batch, laid out as K x width x batch: the layout bmm and the norms take
                 k, width, inputs = w.shape
@@ -357,9 +180,7 @@ class StackedMLP:
                 h = h.view(k, width, -1)
             else:
                 h = torch.bmm(w, a) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, a)
-            parts = list(norm) if isinstance(norm, torch.nn.Sequential) else [norm]
-            for j, part in enumerate(parts):
-                h = _normalise_eval(part, f"blocks.{i}.norm" + (f".{j}" if len(parts) > 1 else ""), h, p, b)
+            h = stacked_eval(norm, h, _norm_members(i, p, b, [], h.shape[2]))  # eval mode draws no noise
             a = a + act(h) if self.residual[i] else act(h)
         bias = p.get("head.bias")
         return torch.bmm(p["head.weight"], a) if bias is None else torch.baddbmm(bias.unsqueeze(2), p["head.weight"], a)
@@ -385,7 +206,7 @@ class StackedMLP:
         x = self.train_x.index_select(0, flat).view(k, n, -1).transpose(1, 2)
         y = self.train_y.index_select(0, flat).view(k, n, *self.train_y.shape[1:])
         if n <= SMALL_BATCH and not (self.momentum or self.decay):
-            return self.fused_step(x, y)
+            return self.small_batch_step(x, y)
         out = self.forward(x).transpose(1, 2)  # K x batch x outputs
         losses = self.loss(out, y)
         losses.sum().backward()  # member k's gradient is that of its own loss alone
@@ -409,7 +230,7 @@ class StackedMLP:
             grad = self.momentum_buffers[name].mul_(self.hyper["momentum"].view(shape)).add_(grad)
         param.addcmul_(self.hyper["lr"].view(shape), grad, value=-1)
 
-    def fused_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[int] | None]:
+    def small_batch_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[int] | None]:
         """`step` at a small batch with plain SGD, each weight matrix updated in place by W -= lr dh x^T (dh: the
         gradient at its output) without its gradient ever written out: at batch 2 a member's step is mostly
         passes over its weights, and this saves two of five. Its rounding differs from a run alone's (lr scales dh
@@ -430,8 +251,9 @@ class StackedMLP:
             correct = (out.argmax(2) == y).sum(1).tolist() if self.classify else None
         return losses.tolist(), correct
 
-    def keep(self, members: list[int]) -> None:
-        """Drop every member not listed (a diverged one), so its NaNs never meet the others' numbers."""
+    def drop_diverged(self, diverged: list[int]) -> None:
+        """Drop the listed members (diverged ones), so that their NaNs never meet the others' numbers."""
+        members = [k for k in range(len(self)) if k not in diverged]
         index = torch.tensor(members)
         self.params = {n: p.detach()[index].requires_grad_() for n, p in self.params.items()}
         self.buffers = {n: b[index] for n, b in self.buffers.items()}

@@ -1,19 +1,24 @@
 """An experiment's sweep as Hydra expands it: its composed config, its jobs, which run directory is which job,
-and the identity `train` gives each job under the config files as they are now.
+the identity `train` gives each job under the config files as they are now, and which runs on disk are its
+current jobs (`sweep_runs`, what the report analyses); the progress line counts the jobs. Also the order
+`make reproduce` starts the sweeps in, from their logged wall times:
 
-The report reads these to decide which runs on disk belong to an experiment's current sweep; the progress line
-counts the jobs.
+  python -m bnlab.sweeps order [--scale cpu]
 """
 
+import argparse
 import copy
 import itertools
+import re
 from pathlib import Path
 
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from bnlab.config import CONFIG_DIR, run_identity
+from bnlab import runlog
+from bnlab.config import CONFIG_DIR, REPO_ROOT, run_identity
 
 
 def experiment_names() -> list[str]:
@@ -83,3 +88,47 @@ def job_identities(name: str, scale: str, jobs: set[frozenset[str]]) -> dict[fro
                 OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
             out[job] = run_identity(cfg)
     return out
+
+
+def sweep_runs(name: str, scale: str, root: Path, overrides: list[str]) -> pd.DataFrame:
+    """The run directories of an experiment under `root`, marked `in_sweep` (a job of its current sweep) and
+    `stale` (trained under an earlier config of it: its identity is not the one train would give it now)."""
+    on_disk = runlog.runs(root / name)
+    if not len(on_disk):
+        return on_disk
+    jobs, excluded = sweep_jobs(name, scale, overrides)
+    named = [job_name(o, excluded) for o in on_disk.job_overrides]
+    on_disk["in_sweep"] = [in_sweep(n, jobs) for n in named]
+    current = job_identities(name, scale, {n for n in named if n in jobs})
+    identity = on_disk.identity if "identity" in on_disk else [None] * len(on_disk)
+    on_disk["stale"] = [n in current and isinstance(i, str) and i != current[n]
+                        for n, i in zip(named, identity, strict=True)]
+    return on_disk.drop(columns="job_overrides")
+
+
+def sweep_seconds(scale: str) -> dict[str, int]:
+    """Each experiment's wall time in seconds, as the last "[bnlab] <experiment>: N s" line of
+    results/timing_<scale>.log gives it (a whole sweep on one core; second-stage lines are not these)."""
+    log = REPO_ROOT / "results" / f"timing_{scale}.log"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return {m[1]: int(m[2]) for line in lines if (m := re.match(r"^\[bnlab\] (\w+): (\d+) s$", line))}
+
+
+def longest_first(names: list[str], scale: str) -> list[str]:
+    """`names` in the order `make reproduce` starts their sweeps: an experiment never timed first (its wall time
+    is unknown, so it may be the longest: started last, it could leave one core working alone at the end), then
+    the timed ones, longest first, so that the cores stay busy to the end."""
+    seconds = sweep_seconds(scale)
+    return sorted(names, key=lambda n: (n in seconds, -seconds.get(n, 0), n))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("order",), help="order: print every experiment, longest sweep first")
+    parser.add_argument("--scale", default="cpu", help="whose timing log to read (results/timing_<scale>.log)")
+    args = parser.parse_args()
+    print(" ".join(longest_first(experiment_names(), args.scale)))
+
+
+if __name__ == "__main__":
+    main()

@@ -16,8 +16,9 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from bnlab.config import CONFIG_DIR, ConfigError, flat_schema_values, flatten
-from bnlab.models import ACTIVATIONS, hidden_layers, resolve_device
-from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS, PER_UNIT_AFFINE
+from bnlab.models import ACTIVATIONS, hidden_layers
+from bnlab.norms import BATCH_DEPENDENT, NORMS, PER_UNIT_AFFINE
+from bnlab.runtime import resolve_device
 
 
 @functools.cache
@@ -60,7 +61,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value!r} is not known; choose one of: {', '.join(sorted(options))}")
 
     layers = hidden_layers(cfg.model)
-    choice("norm.name (norm=)", cfg.norm.name, NORMALIZERS)
+    choice("norm.name (norm=)", cfg.norm.name, NORMS)
     choice("model.activation", cfg.model.activation, ACTIVATIONS)
     if resolve_device(cfg.device) != cfg.device and cfg.device != "auto":
         raise ConfigError(f"device={cfg.device} is not available here; use device=auto or device=cpu")
@@ -76,6 +77,11 @@ def validate(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value} must be > 0")
+    check_combinations(cfg, layers)
+
+
+def check_combinations(cfg: DictConfig, layers: int) -> None:
+    """Values each valid alone that do not go together, or that the model's `layers` hidden layers rule out."""
     if cfg.trainer.jacobian_examples and (cfg.model.arch != "mlp" or cfg.model.residual
                                           or cfg.norm.name not in PER_UNIT_AFFINE):
         raise ConfigError(f"trainer.jacobian_examples needs a plain MLP (model.residual=false) whose normaliser maps "

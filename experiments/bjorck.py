@@ -13,7 +13,7 @@ from bnlab.claims import Context, Finding
 from bnlab.data import load
 from bnlab.models import init_model
 from bnlab.probes import frozen, relative_loss, weight_grad_norms
-from bnlab.stack import LOSSES
+from bnlab.stepping import LOSSES
 
 ARMS = ("none", "batch")
 

@@ -13,7 +13,7 @@ from bnlab.claims import Context, Finding
 from bnlab.data import load
 from bnlab.models import init_model
 from bnlab.probes import depth_profile
-from bnlab.stack import LOSSES
+from bnlab.stepping import LOSSES
 
 ARMS = {"none": "no BN", "batch": "BN, every layer", "batch_last": "BN, last 5 layers"}
 COLORS = {"none": plots.COLORS["none"], "batch": plots.COLORS["batch"], "batch_last": "#ff7f0e"}

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,16 +47,9 @@ def lr_max_by_depth(runs: pd.DataFrame, arm: str) -> dict[int, float]:
     return {int(d) + 1: float(g[g.converged]["optim.lr"].max()) for d, g in r.groupby("model.depth")}
 
 
-def analyze(ctx: Context) -> list[Finding]:
-    runs = ctx.runs
-    depths = sorted(int(d) for d in runs["model.depth"].unique())
-    seeds = sorted(int(s) for s in runs.seed.unique())
-    exploding = ctx.cfg.claims.DLB_bn_first_order.params.exploding_init_mean
-    checks = init_checks(ctx, depths, [ctx.cfg.model.init_mean, exploding], seeds)
-    fraction = ctx.cfg.claims.DLB_lr_depth_plain.params.converged
-    runs = runs.assign(converged=[converged(r, fraction) for _, r in runs.iterrows()])
-    lr_max = {(arm, s): lr_max_by_depth(runs[runs.seed == s], arm) for arm in ARMS for s in seeds}
-
+def draw(ctx: Context, checks: pd.DataFrame, lr_max: dict, depths: list[int], seeds: list[int],
+         exploding: float) -> Path:
+    """The first-order check, the largest converging rate and the lower layers' gradient share, by depth."""
     fig, ax = plots.subplots(3, width=3.2)
     for arm in ARMS:
         for mean, style in ((ctx.cfg.model.init_mean, "-"), (exploding, "--")):
@@ -79,13 +73,21 @@ def analyze(ctx: Context) -> list[Finding]:
         a.minorticks_off()
     for a in ax[0, :2]:
         a.legend(fontsize=7)
-    fig_path = plots.save(fig, ctx.figure_path("chain"))
+    return plots.save(fig, ctx.figure_path("chain"))
+
+
+def write_tables(ctx: Context, checks: pd.DataFrame, lr_max: dict, seeds: list[int], fraction: float) -> None:
+    """The first-order checks per seed, and the largest converging rate by depth, per arm and seed."""
     ctx.write_table("init_check", checks, "First-order check at initialisation, per seed")
     table = [{"arm": arm, "seed": s, **{f"l = {k}": v for k, v in lr_max[arm, s].items()}}
              for arm in ARMS for s in seeds]
     ctx.write_table("lr_max", pd.DataFrame(table),
                     f"Largest converging learning rate (finished, final training loss at most {fraction:g} x the "
                     "loss at initialisation) by depth")
+
+
+def findings(checks: pd.DataFrame, lr_max: dict, seeds: list[int], exploding: float, fig_path: Path) -> list[Finding]:
+    """One finding per claim, from the checks at initialisation and the largest converging rates."""
     bn, plain = checks[checks.arm == "batch"], checks[checks.arm == "none"]
     deep_plain = plain[(plain.layers >= 16) & np.isclose(plain.init_mean, exploding)]
     span = lambda lm: [lm[min(lm)] / lm[max(lm)]] if lm and lm[max(lm)] == lm[max(lm)] else [math.nan]  # noqa: E731
@@ -103,3 +105,18 @@ def analyze(ctx: Context) -> list[Finding]:
         Finding("DLB_lr_depth_bn", [spread(lr_max["batch", s]) for s in seeds],
                 "max / min of lr_max over depths with BN, per seed", fig_path),
     ]
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = ctx.runs
+    depths = sorted(int(d) for d in runs["model.depth"].unique())
+    seeds = sorted(int(s) for s in runs.seed.unique())
+    exploding = ctx.cfg.claims.DLB_bn_first_order.params.exploding_init_mean
+    checks = init_checks(ctx, depths, [ctx.cfg.model.init_mean, exploding], seeds)
+    fraction = ctx.cfg.claims.DLB_lr_depth_plain.params.converged
+    runs = runs.assign(converged=[converged(r, fraction) for _, r in runs.iterrows()])
+    lr_max = {(arm, s): lr_max_by_depth(runs[runs.seed == s], arm) for arm in ARMS for s in seeds}
+
+    fig_path = draw(ctx, checks, lr_max, depths, seeds, exploding)
+    write_tables(ctx, checks, lr_max, seeds, fraction)
+    return findings(checks, lr_max, seeds, exploding, fig_path)

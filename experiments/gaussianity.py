@@ -2,6 +2,7 @@
 skewness, excess kurtosis, Jarque-Bera; and Ioffe's own comparison, Wu + b against the layer input u (a reading aid)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from bnlab.claims import Context, Finding
 ARMS = ("none", "batch")
 TITLES = {"skew": "skewness of x", "excess_kurtosis": "excess kurtosis of x", "jarque_bera": "Jarque-Bera of x",
           "abs_kurtosis_wu": "|kurtosis| of Wu + b", "abs_kurtosis_u": "|kurtosis| of u"}  # x: the nonlinearity's input
+STATS = tuple(TITLES)  # the figure's columns and the table's, in this order
 
 
 def wu_over_u(run) -> float:
@@ -31,10 +33,9 @@ def last_layer_kurtosis(run) -> float:
     return float(a.abs_kurtosis.iloc[0]) if len(a) else math.nan
 
 
-def analyze(ctx: Context) -> list[Finding]:
-    runs = done(ctx.runs)
-    acts_fns = sorted(runs["model.activation"].unique())
-    stats = ("skew", "excess_kurtosis", "jarque_bera", "abs_kurtosis_wu", "abs_kurtosis_u")
+def draw(ctx: Context, runs: pd.DataFrame, acts_fns: list[str]) -> Path:
+    """Each statistic of the last hidden layer over training, a row per activation, both arms."""
+    stats = STATS
     fig, ax = plots.subplots(len(stats), len(acts_fns), width=3.0, height=2.4)
     for i, act in enumerate(acts_fns):
         for arm in ARMS:
@@ -48,7 +49,12 @@ def analyze(ctx: Context) -> list[Finding]:
         ax[i, 2].set_yscale("log")
     plots.shared_legend(fig)  # below the panels, off the bands
     fig.suptitle("Last hidden layer, per-unit shape over training (median and min-max over seeds)")
-    fig_path = plots.save(fig, ctx.figure_path("moments"))
+    return plots.save(fig, ctx.figure_path("moments"))
+
+
+def write_final_moments(ctx: Context, runs: pd.DataFrame) -> None:
+    """Each statistic per activation, arm and layer at the end of training."""
+    stats = STATS
     rows = []
     for _, r in runs.iterrows():
         a = runlog.activations(r.path)
@@ -59,6 +65,13 @@ def analyze(ctx: Context) -> list[Finding]:
     t = pd.DataFrame(rows).groupby(["activation", "arm", "layer"])[list(stats)].median().round(3).reset_index()
     ctx.write_table("final_moments", t, "Per-unit shape of pre-activations at the end of training "
                     "(median over units, then over seeds; Jarque-Bera ~ chi2(2) for a Gaussian: 5.99 at p = 0.05)")
+
+
+def analyze(ctx: Context) -> list[Finding]:
+    runs = done(ctx.runs)
+    acts_fns = sorted(runs["model.activation"].unique())
+    fig_path = draw(ctx, runs, acts_fns)
+    write_final_moments(ctx, runs)
     # the claim: BN over no BN, paired by seed, a cell per activation (the write-up's question)
     kurt = {(act, arm): by_seed(runs, last_layer_kurtosis, model__activation=act, norm__name=arm)
             for act in acts_fns for arm in ARMS}

@@ -41,6 +41,40 @@ def draw(runs: pd.DataFrame, lrs: list[float], arms: list[tuple], target: float)
     return fig
 
 
+def standardisation(runs: pd.DataFrame, lrs: list[float]) -> dict[str, list[float]]:
+    """Per learning rate, off-standard inputs at the largest penalty over those without one, per seed."""
+    standardises = {}
+    for lr in lrs:
+        plain, penalised = ({int(r.seed): off_standard(r) for _, r in select(arm(runs, "none", lam),
+                                                                             optim__lr=lr).iterrows()}
+                            for lam in (0.0, max(PENALISED)))
+        standardises[f"lr {lr:g}"] = [penalised[s] / plain[s] for s in sorted(set(plain) & set(penalised))]
+    return standardises
+
+
+def steps_like_bn(runs: pd.DataFrame, bn: pd.DataFrame, bn_lr: float, target: float) -> dict[str, list[float]]:
+    """Per penalty weight, steps to the target penalised over BN's, each at its best rate, per seed."""
+    like_bn = {}
+    for lam in PENALISED:
+        mine = arm(runs, "none", lam)  # norm names tell the two arms apart once this lambda is selected
+        like_bn[f"lambda {lam:g}"] = paired_steps_ratio(
+            pd.concat([mine, bn]), "none", "batch", target, arm_lr=best_lr(mine, "norm.name")["none"],
+            reference_lr=bn_lr) if len(mine) else []
+    return like_bn
+
+
+def untestable(cells: dict[str, list[float]], why) -> dict[str, str]:
+    """The cells holding a value that is not finite, each with `why(its values)`; those values become
+    NaN in place. A diverged penalised run has no end of training (off_standard: infinite) and a run that never
+    reaches the target takes infinitely many steps: neither is an effect size, so such a cell is not testable."""
+    whys = {}
+    for key, vals in cells.items():
+        if any(not math.isfinite(v) for v in vals):
+            whys[key] = why(vals)
+            vals[:] = [v if math.isfinite(v) else math.nan for v in vals]
+    return whys
+
+
 def analyze(ctx: Context) -> list[Finding]:
     runs = done(ctx.runs)
     lrs = sorted(runs["optim.lr"].unique())
@@ -52,38 +86,19 @@ def analyze(ctx: Context) -> list[Finding]:
         final_acc=("final_test_acc", list), steps_per_s=("steps_per_s", "median")).reset_index()
     ctx.write_table("final_acc", table, "Moment penalty: final test accuracy (diverged excluded) and training "
                     "steps/s (penalised runs train alone, the others in stacks: not a like-for-like speed)")
-    standardises = {}
-    for lr in lrs:
-        plain, penalised = ({int(r.seed): off_standard(r) for _, r in select(arm(runs, "none", lam),
-                                                                             optim__lr=lr).iterrows()}
-                            for lam in (0.0, max(PENALISED)))
-        standardises[f"lr {lr:g}"] = [penalised[s] / plain[s] for s in sorted(set(plain) & set(penalised))]
+    standardises = standardisation(runs, lrs)
     bn = arm(runs, "batch", 0.0)
     bn_lr = best_lr(bn, "norm.name")["batch"]
-    like_bn = {}
-    for lam in PENALISED:
-        mine = arm(runs, "none", lam)  # norm names tell the two arms apart once this lambda is selected
-        like_bn[f"lambda {lam:g}"] = paired_steps_ratio(
-            pd.concat([mine, bn]), "none", "batch", target, arm_lr=best_lr(mine, "norm.name")["none"],
-            reference_lr=bn_lr) if len(mine) else []
-    # a diverged penalised run has no end of training (ef29b41: not standardised, infinite) and a run that never
-    # reaches the target takes infinitely many steps: neither is an effect size, so such a cell is not testable
-    std_why, like_why = {}, {}
-    for key, vals in standardises.items():
-        if any(not math.isfinite(v) for v in vals):
-            std_why[key] = (f"the lambda {max(PENALISED):g} run diverged in {sum(math.isinf(v) for v in vals)} of "
-                            f"{len(vals)} seeds: no end-of-training inputs to measure (ef29b41 counts that as not "
-                            "standardised)")
-            vals[:] = [v if math.isfinite(v) else math.nan for v in vals]
+    like_bn = steps_like_bn(runs, bn, bn_lr, target)
+    std_why = untestable(standardises, lambda vals: (
+        f"the lambda {max(PENALISED):g} run diverged in {sum(map(math.isinf, vals))} of {len(vals)} seeds: no "
+        "end-of-training inputs to measure (ef29b41 counts that as not standardised)"))
     bn_to = [steps_to(c, target) for c in curves(select(bn, optim__lr=bn_lr)).values()]
     bound = ctx.cfg.trainer.steps / max(bn_to) if bn_to and math.isfinite(max(bn_to)) else math.nan
-    for key, vals in like_bn.items():
-        if any(not math.isfinite(v) for v in vals):
-            like_why[key] = (f"the penalised network never reached {target:.0%} in {ctx.cfg.trainer.steps:,} steps at "
-                             f"its best rate in {sum(not math.isfinite(v) for v in vals)} of {len(vals)} seeds: "
-                             f"infinitely slow, no ratio (each such ratio exceeds {bound:.3g}: the run's length over "
-                             "BN's slowest steps to the target)")
-            vals[:] = [v if math.isfinite(v) else math.nan for v in vals]
+    like_why = untestable(like_bn, lambda vals: (
+        f"the penalised network never reached {target:.0%} in {ctx.cfg.trainer.steps:,} steps at its best rate in "
+        f"{sum(not math.isfinite(v) for v in vals)} of {len(vals)} seeds: infinitely slow, no ratio (each such "
+        f"ratio exceeds {bound:.3g}: the run's length over BN's slowest steps to the target)"))
     return [
         Finding("MP_standardises", standardises, f"off-standard inputs, lambda {max(PENALISED):g} / no penalty, "
                 "per seed", fig_path, untestable=std_why),

@@ -21,7 +21,7 @@ from bnlab.analysis import done
 from bnlab.claims import Context, Finding
 from bnlab.data import load
 from bnlab.models import Net, init_model
-from bnlab.stack import LOSSES
+from bnlab.stepping import LOSSES
 
 POINTS = ("init", "trained")
 

@@ -43,12 +43,6 @@ WORKLOADS = {  # name: (experiment config it comes from, overrides, batch)
 STACK_SIZES = (8, 16)  # stack sizes timed
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def flops_per_step(cfg, shape, batch: int) -> float:
     return step_flops(cfg.model, cfg.norm, shape, 10, batch)
 
@@ -172,7 +166,7 @@ def main() -> None:
         "trainer (`bnlab.train.train_runs`), data held as one in-memory tensor and gathered by index. *bnlab, stack "
         "of K*: K runs (own seeds, data orders and learning rates) trained as one stacked model, steps/s per model "
         f"= K x stack steps/s; at a batch of {bnlab.stack.SMALL_BATCH} or less it multiplies as x^T W^T and updates "
-        "each weight in place (`StackedMLP.fused_step`), and *general step* is the same stack with that turned "
+        "each weight in place (`StackedMLP.small_batch_step`), and *general step* is the same stack with that turned "
         "off (W x, autograd's gradient, then the update). *Floor*: matmul GFLOP/s / FLOPs per training step of "
         "one model (matmuls and convolutions only, torch.utils.flop_counter). The last column is a 50,000-step "
         "run at that rate, evaluation excluded.\n\n"

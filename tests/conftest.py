@@ -71,9 +71,9 @@ def data_root(tmp_path_factory) -> Path:
 def interrupt_at_evaluation(monkeypatch, n: int) -> None:
     """The n-th evaluation of a run (the first is at step 0) raises KeyboardInterrupt, as a kill would stop it;
     `monkeypatch.undo()` lets the next run go on."""
-    import bnlab.stack as stack  # where every evaluation goes through `evaluate`
+    import bnlab.stepping as stepping  # where every evaluation goes through `evaluate`
 
-    real_eval, calls = stack.evaluate, {"n": 0}
+    real_eval, calls = stepping.evaluate, {"n": 0}
 
     def interrupted(*a, **k):
         calls["n"] += 1
@@ -81,7 +81,7 @@ def interrupt_at_evaluation(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return real_eval(*a, **k)
 
-    monkeypatch.setattr(stack, "evaluate", interrupted)
+    monkeypatch.setattr(stepping, "evaluate", interrupted)
 
 
 def make_cfg(data_root: Path, out_root: Path, overrides: list[str] = ()):

@@ -10,7 +10,8 @@ from bnlab.data import load
 from bnlab.models import chosen_layer, init_model, layer_parameters
 from bnlab.probes import internal_covariate_shift
 from bnlab.runlog import read_jsonl
-from bnlab.stack import LOSSES, SingleModel, stack_key
+from bnlab.stack import stack_key
+from bnlab.stepping import LOSSES, SingleModel
 from bnlab.train import train
 from tests.conftest import interrupt_at_evaluation, make_cfg
 

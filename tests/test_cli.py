@@ -64,7 +64,7 @@ def test_hydra_finds_the_sweep_launcher_from_outside_the_repository(tmp_path):
     r = run_cli(["bnlab.train", "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "_target_: hydra_plugins.bnlab_launcher.stacking_launcher.StackingLauncher" in r.stdout
-    assert "stack: true" in r.stdout
+    assert "max_stack: 32" in r.stdout
 
 
 def test_missing_data_offline_is_one_clear_message(tmp_path):

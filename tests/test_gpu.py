@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bnlab.models import resolve_device
 from bnlab.runlog import atomic_torch_save, read_jsonl
+from bnlab.runtime import resolve_device
 from bnlab.train import train
 from tests.conftest import make_cfg
 from tests.test_train import history
@@ -37,7 +37,7 @@ def test_cuda_runs_repeat_and_resume_bitwise(data_root, tmp_path, monkeypatch, o
         atomic_torch_save(obj, path)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bnlab.train.atomic_torch_save", save_then_die)
+    monkeypatch.setattr("bnlab.run.atomic_torch_save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, str(tmp_path / "c"))
     monkeypatch.undo()

@@ -7,13 +7,13 @@ import torch
 from omegaconf import OmegaConf
 
 from bnlab.config import NormConfig
-from bnlab.norms import BATCH_DEPENDENT, NORMALIZERS
+from bnlab.norms import BATCH_DEPENDENT, NORMS
 from bnlab.probes import activation_stats
 from tests.test_models import model
 
 
 def make(name: str, n: int = 16, spatial: bool = False, **kw):
-    return NORMALIZERS[name](n, spatial, OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": name, **kw}))
+    return NORMS[name].build(n, spatial, OmegaConf.merge(OmegaConf.structured(NormConfig), {"name": name, **kw}))
 
 
 def test_layer_norm_standardises_each_example_and_ignores_the_batch():

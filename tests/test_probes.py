@@ -2,8 +2,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bnlab.probes import activation_stats, jacobian_spectra, pre_activations
+from bnlab.probes import activation_stats, jacobian_spectra, layer_values
 from tests.test_models import model
+
+
+def pre_activations(net, x):
+    """The input of every hidden nonlinearity on batch x, in training mode (batch statistics), as units x values:
+    what the probes read."""
+    return [v["x"] for v in layer_values(net, x)]
 
 
 def manual_pre_activations(net, x):

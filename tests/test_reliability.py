@@ -23,7 +23,7 @@ SWEEP = ["norm=batch", "seed=0,1,2,3", "trainer.steps=1500", "trainer.eval_every
 
 @pytest.mark.parametrize("stack", [True, False])
 def test_sigkill_mid_sweep_then_rerun_loses_and_duplicates_nothing(data_root, tmp_path, stack):
-    sweep_args = [*SWEEP, f"hydra.launcher.stack={stack}"]
+    sweep_args = [*SWEEP, f"trainer.alone={str(not stack).lower()}"]
     if stack:  # two stacks of 2 on two workers finish within milliseconds of each other, which a poll can miss;
         # one after the other on one worker, the first is finished while the second checkpoints part-way
         sweep_args = [a for a in sweep_args if not a.startswith("hydra.launcher.n_jobs")] + [

@@ -134,35 +134,51 @@ def test_the_report_goes_to_wandb_as_one_artifact(tmp_path, monkeypatch):
     assert b"bnlab-report-smoke" in data and b"REPORT.md" in data and b"figures/fig1_a.png" in data
 
 
-def test_run_directory_names_leave_out_exactly_the_keys_that_name_no_job():
-    """train.yaml's exclude_keys (what a run directory's name leaves out) agree with config.KEY_ROLES: each is a
-    key that does not make the run's numbers (or the scale, which the path names), and every such key a user
-    sets on the command line is left out."""
-    from bnlab.config import role
-
-    _, excluded = sweep_jobs("fig1", "cpu")
-    assert all(role(k) in ("source", "output", "report") for k in excluded - {"scale", "hydra.launcher.n_jobs"})
-    assert {"data.root", "data.download", "data.verify", "out_root", "trainer.progress", "wandb.mode",
-            "wandb.project", "experiment"} <= excluded
-    assert role("optim.lr") == role("model.init_std") == "member" and role("model.width") is None
-
-
-def test_claims_are_grouped_by_source_and_every_experiment_has_a_heading():
-    """The report and the README list claims under their source: the papers, the small-batch normalisers
-    together, and the write-up's own questions; an experiment whose source no heading claims would land in
-    'Other', which none does."""
-    from bnlab.report import by_source, source_group
+def test_claims_are_grouped_by_the_section_their_experiment_declares():
+    """The report and the README list claims under their experiment config's `section:`: the papers, the
+    small-batch normalisers together, and the write-up's own questions; a section the report does not have is an
+    error that lists the ones it has."""
+    from bnlab.config import ConfigError
+    from bnlab.report import SECTIONS, by_section
     from bnlab.sweeps import experiment_names
 
-    assert source_group("Ioffe & Szegedy 2015, §4.1") == "Ioffe & Szegedy 2015"
-    assert source_group("Ioffe 2017, Batch Renormalization") == source_group("Wu & He 2018, abstract") == \
-        source_group("Ba et al. 2016, §6.6") == "LayerNorm, GroupNorm and Batch Renormalization"
-    assert source_group("Write-up; Ioffe & Szegedy 2015, §2") == "Questions from the write-up"
-    assert source_group("a paper nobody listed") == "Other"
     groups = dict((name, group) for group, name in
-                  by_source({n: experiment_config(n, "smoke") for n in experiment_names()}))
-    assert "Other" not in groups.values()
+                  by_section({n: experiment_config(n, "smoke") for n in experiment_names()}))
+    assert set(groups) == set(experiment_names()) and set(groups.values()) <= set(SECTIONS)
     assert groups["outside_gradient"] == "Questions from the write-up" and groups["non_iid"] == groups["layer_vs_batch"]
+    assert groups["fig1"] == "Ioffe & Szegedy 2015"
+    with pytest.raises(ConfigError, match=r"fig1 \('Ioffe 2015'\).*'Ioffe & Szegedy 2015', 'Santurkar et al. 2018'"):
+        by_section({"fig1": OmegaConf.create({"section": "Ioffe 2015"})})
+
+
+def test_an_undeclared_finding_fails_the_analysis_and_a_missing_one_says_so(tmp_path, monkeypatch):
+    """A finding whose claim id the config does not declare fails the experiment's analysis (every claim reads
+    'the analysis failed', naming the experiment and the id; the report lists it among the failed analyses);
+    a declared claim the analysis returns nothing for reads 'analysis returned no finding'."""
+    import sys
+    import types
+
+    from bnlab.claims import Finding
+    from bnlab.report import FAILED, NO_FINDING, analyse
+
+    cfg = OmegaConf.create({"claims": {"kept": {}, "forgotten": {}}})
+    runs = pd.DataFrame({"status": ["finished"], "seed": [0]})
+    returned: list = []
+    module = types.ModuleType("bnlab.experiments.contract")
+    module.analyze = lambda ctx: returned
+    monkeypatch.setitem(sys.modules, "bnlab.experiments.contract", module)
+
+    returned[:] = [Finding("kept", [1.0, 2.0])]
+    findings, _ = analyse("contract", cfg, runs, tmp_path)
+    assert list(findings) == ["kept", "forgotten"] and findings["kept"].values == [1.0, 2.0]
+    assert findings["forgotten"].untestable == {"": NO_FINDING}
+
+    returned[:] = [Finding("kept", [1.0, 2.0]), Finding("kpet", [3.0, 4.0])]
+    findings, _ = analyse("contract", cfg, runs, tmp_path)
+    assert list(findings) == ["kept", "forgotten"]
+    for finding in findings.values():
+        why = finding.untestable[""]
+        assert why.startswith(FAILED) and "experiments/contract.py" in why and "kpet" in why, why
 
 
 def test_a_run_that_predates_a_config_key_reads_as_its_default(data_root, tmp_path):
@@ -179,3 +195,17 @@ def test_a_run_that_predates_a_config_key_reads_as_its_default(data_root, tmp_pa
     assert (rebuilt.norm.last_layers, rebuilt.model.residual, rebuilt.norm.name) == (0, False, "batch")
     row = runlog.runs(tmp_path / "sweep").iloc[0]
     assert (row["norm.last_layers"], row["model.residual"], row["norm.name"]) == (0, False, "batch")
+
+
+def test_make_reproduce_starts_sweeps_longest_first_by_the_timing_log(tmp_path, monkeypatch):
+    """The order comes from each experiment's last logged wall time (second-stage lines are other sweeps); an
+    experiment never timed goes first, since it may be the longest."""
+    from bnlab import sweeps
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "timing_cpu.log").write_text(
+        "[bnlab] fig1: 100 s\n[bnlab] dln: 50 s\n[bnlab] fig1: 10 s\n[bnlab] dln (seeds 105-109): 999 s\n"
+        "[bnlab] cifar: 30 s\n[bnlab] all sweeps, 2 at a time: 180 s\n")
+    monkeypatch.setattr(sweeps, "REPO_ROOT", tmp_path)
+    assert sweeps.sweep_seconds("cpu") == {"fig1": 10, "dln": 50, "cifar": 30}
+    assert sweeps.longest_first(["cifar", "dln", "fig1", "new_one"], "cpu") == ["new_one", "dln", "cifar", "fig1"]

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from bnlab.config import NormConfig
-from bnlab.norms import NORMALIZERS, AlgOneNoise
+from bnlab.norms import NORMS, AlgOneNoise
 from bnlab.probes import depth_profile, internal_covariate_shift, landscape, relative_loss, weight_grad_norms
 from bnlab.runlog import read_jsonl
-from bnlab.stack import LOSSES
+from bnlab.stepping import LOSSES
 from bnlab.train import train
 from tests.conftest import make_cfg
 from tests.test_models import model
@@ -42,7 +42,7 @@ def test_alg1_noise_sampler_moments():
 
 
 def test_noise_only_in_training_mode_and_after_bn():
-    norm = NORMALIZERS["noisy_batch"](8, False, OmegaConf.structured(NormConfig))
+    norm = NORMS["noisy_batch"].build(8, False, OmegaConf.structured(NormConfig))
     assert isinstance(norm[0], torch.nn.BatchNorm1d) and isinstance(norm[1], AlgOneNoise)
     x = torch.randn(32, 8)
     norm.eval()
@@ -54,7 +54,7 @@ def test_lp_normalisers_on_a_hand_computed_batch():
     shifting the mean'): mean |x| = 2, sqrt(mean x^2) = sqrt(5), max |x| = 3. Eval mode uses running values."""
     x = torch.tensor([[1.0], [3.0]])
     for name, scale in (("lp1", 2.0), ("lp2", math.sqrt(5.0)), ("lpinf", 3.0)):
-        norm = NORMALIZERS[name](1, False, OmegaConf.merge(OmegaConf.structured(NormConfig), {"eps": 0.0,
+        norm = NORMS[name].build(1, False, OmegaConf.merge(OmegaConf.structured(NormConfig), {"eps": 0.0,
                                                                                             "momentum": 1.0}))
         torch.testing.assert_close(norm.train()(x), torch.tensor([[-1.0], [1.0]]) / scale)
         torch.testing.assert_close(norm.eval()(torch.tensor([[2.0]])), torch.tensor([[0.0]]))  # running mean 2

@@ -35,7 +35,7 @@ def test_short_run_learns_and_writes_its_directory(data_root, tmp_path):
 
 FAULTS_A_ROUND = """
 import resource, torch
-from bnlab.train import keep_freed_memory
+from bnlab.runtime import keep_freed_memory
 keep_freed_memory()
 
 def one_round():
@@ -152,7 +152,8 @@ def test_parameter_norms_are_logged_at_every_evaluation(data_root, tmp_path):
 def test_moment_penalty_is_zero_on_standardised_inputs_and_pulls_them_there(data_root, tmp_path):
     """The penalty's known values (0 for standardised units; a unit of mean 1 and variance 4 costs 1 + 9), and a
     penalised un-normalised network whose nonlinearity inputs end closer to mean 0, std 1 than without it."""
-    from bnlab.stack import moment_penalty, stack_key
+    from bnlab.stack import stack_key
+    from bnlab.stepping import moment_penalty
 
     z = torch.randn(1000, 5, generator=torch.Generator().manual_seed(0))
     z = (z - z.mean(0)) / z.std(0, unbiased=False)
@@ -181,7 +182,7 @@ def test_failure_is_recorded_with_traceback(data_root, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr("bnlab.stack.evaluate", boom)
+    monkeypatch.setattr("bnlab.stepping.evaluate", boom)
     with pytest.raises(RuntimeError, match="injected fault"):
         run_jobs([cfg], [str(tmp_path / "run")])
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -245,7 +246,7 @@ def test_wandb_gives_a_killed_and_resumed_run_one_wandb_run(data_root, tmp_path,
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr("bnlab.train.atomic_torch_save", save_then_die)
+        m.setattr("bnlab.run.atomic_torch_save", save_then_die)
         with pytest.raises(KeyboardInterrupt):
             train(cfgs[1], str(tmp_path / "run1"))
     summaries = [train(c, str(tmp_path / f"run{i}")) for i, c in enumerate(cfgs)]

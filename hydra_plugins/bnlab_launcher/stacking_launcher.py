@@ -1,15 +1,17 @@
 """bnlab's sweep launcher: Hydra's joblib launcher, with compatible runs trained together as one stack.
 
-Runs whose configs differ only in seed and optimiser (`bnlab.stack.stack_key`) go to one worker as a group and
-train as a stacked model; every other run is an ordinary job. Each run still gets its own Hydra job directory
-(.hydra/, the override-named folder) and its own bnlab run files, as if it had trained alone.
-`hydra.launcher.stack=false` launches every run alone.
+Runs whose configs differ only in the keys config.KEY_ROLES calls `member` (seed, optimiser, init, dropout;
+`bnlab.stack.stack_key`) go to one worker as a group and train as a stacked model; every other run is an ordinary
+job. Each run still gets its own Hydra job directory (.hydra/, the override-named folder) and its own bnlab run
+files, as if it had trained alone.
+`trainer.alone=true` trains every run alone (what a stack needs is config.KEY_ROLES's to say).
 """
 
 import json
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class StackingLauncherConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.bnlab_launcher.stacking_launcher.StackingLauncher"
-    stack: bool = True  # train runs that differ only in seed and optimiser as one stacked model
     max_stack: int = 32  # per-model speed stops growing around here (K = 16-64 measured alike)
 
 
@@ -41,9 +42,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=S
 
 
 class StackingLauncher(JoblibLauncher):
-    def __init__(self, stack: bool = True, max_stack: int = 32, **joblib: Any) -> None:
+    def __init__(self, max_stack: int = 32, **joblib: Any) -> None:
         super().__init__(**joblib)
-        self.stack, self.max_stack = stack, max_stack
+        self.max_stack = max_stack
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         from bnlab.train import preflight
@@ -62,8 +63,8 @@ class StackingLauncher(JoblibLauncher):
             preflight(list(configs))  # an invalid config or missing data: one message, not a traceback per job
             for config in configs:  # one bar for the sweep (below), none per run
                 config.trainer.progress = False
-            groups = self._groups(keys) if self.stack else [[i] for i in range(len(configs))]
-            log.info(f"Launching {len(configs)} runs as {len(groups)} jobs (stack={self.stack}) on "
+            groups = self._groups(keys)
+            log.info(f"Launching {len(configs)} runs as {len(groups)} jobs on "
                      f"{joblib.get('n_jobs')} workers; sweep output dir: {self.config.hydra.sweep.dir}")
             results = parallel(delayed(_execute_group)(k, [configs[i] for i in group], self.hydra_context,
                                                        self.task_function, singleton_state)
@@ -76,7 +77,7 @@ class StackingLauncher(JoblibLauncher):
         print(sweep_tally(returns), flush=True)  # type: ignore[arg-type]
         return returns  # type: ignore[return-value]
 
-    def _groups(self, keys: list[str | None]) -> list[list[int]]:
+    def _groups(self, keys: Sequence[str | None]) -> list[list[int]]:
         """Runs with one key, split so that each worker gets a share (two stacks of 12 beat one of 24 here)."""
         by_key: dict[str, list[int]] = defaultdict(list)
         groups = []
@@ -103,9 +104,9 @@ ConfigStore.instance().store(group="hydra/sweeper", name="bnlab_basic", node=Com
 
 class ComposeOnceSweeper(BasicSweeper):
     """Hydra's basic sweeper, without its own pass composing every job before the launch when the launcher is
-    bnlab's, which composes each job in its workers and checks them all (preflight) before any run starts: the
-    sweeper's pass composed every config a second time, serially (~0.2 s a job in the main process). With any
-    other launcher it validates as Hydra's does."""
+    bnlab's: that launcher composes each job in its workers and checks them all (preflight) before any run
+    starts, so the sweeper's pass, one compose per job in series in the main process, would only repeat that
+    work. With any other launcher it validates as Hydra's does."""
 
     def validate_batch_is_legal(self, batch) -> None:
         if not isinstance(self.launcher, StackingLauncher):
@@ -145,7 +146,7 @@ def sweep_tally(returns: list[JobReturn]) -> str:
 def _compose(hydra_context, config: DictConfig, overrides, idx: int,
              singleton_state) -> tuple[int, DictConfig, str | None]:
     """In a worker: one job's config, composed as Hydra's joblib launcher composes it, and its stack key."""
-    from bnlab.stack import stack_key
+    from bnlab.stack import stack_key  # imports bnlab.config, whose resolvers the composing below needs
 
     setup_globals()
     Singleton.set_state(singleton_state)
