@@ -96,10 +96,16 @@ def make_cfg(data_root: Path, out_root: Path, overrides: list[str] = ()):
     return cfg
 
 
-def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300,
-            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def cli_environment() -> dict:
+    """This process's environment for a CLI child, less the wandb service an in-process wandb test started here:
+    a child would join it, and a run id such a test left open would read as in use."""
     import os
 
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
+def run_cli(args: list[str], env_extra: dict | None = None, timeout: int = 300,
+            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {**cli_environment(), "HYDRA_FULL_ERROR": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)

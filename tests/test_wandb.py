@@ -14,7 +14,7 @@ import pytest
 
 from bnlab.config import REPO_ROOT, run_identity
 from bnlab.runlog import RunDir, WandbMirror, read_jsonl, wandb_name
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import cli_environment, make_cfg, run_cli
 
 
 def test_wandb_id_name_and_group_come_from_the_run_not_where_out_root_lies(data_root, tmp_path, monkeypatch):
@@ -70,7 +70,7 @@ def kill_after_a_checkpoint(args: list[str], sweep: Path) -> Path:
     """Start the CLI, SIGKILL its process group once its run has a checkpoint and at most 20 evaluation rows;
     the run directory."""
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=cli_environment())
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not any(len((p.parent / "metrics.jsonl").read_text().splitlines()) <= 20
