@@ -23,6 +23,7 @@ is reported apart and never counted as evidence.
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def two_stage(first: Cell, both: Cell | None) -> Cell:
                    direction_read=None if direction_cell is magnitude else direction_cell)
 
 
-def combine(verdicts: list[str], rule: str = "all") -> str:
+def combine(verdicts: Sequence[str | None], rule: str = "all") -> str:
     """The claim's verdict from its cells' verdicts, by the rule declared before the runs."""
     if not verdicts:
         return "not testable"

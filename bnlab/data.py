@@ -9,8 +9,10 @@ import functools
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torchvision import datasets
@@ -128,8 +130,8 @@ def gaussian_linear(n_samples: int, dim: int, seed: int = 123, identity: bool = 
 # gaussian_identity: a teacher that a product of positive weights reaches without passing through zero (the
 # Deep Learning Book chain, whose random scalar teacher A = -0.11 sent its weights' product into the P = 0
 # saddle)
-SYNTHETIC = {"gaussian_linear": gaussian_linear,
-             "gaussian_identity": functools.partial(gaussian_linear, identity=True)}
+SYNTHETIC: dict[str, Callable[..., Dataset]] = {"gaussian_linear": gaussian_linear,
+                                                "gaussian_identity": functools.partial(gaussian_linear, identity=True)}
 
 
 def _checksum_message(name: str, folder: Path) -> str:
@@ -254,7 +256,7 @@ class BatchOrder:
         # runs of batch_size / classes examples of one class, then the runs shuffled and dealt into batches
         share = self.batch_size // self.class_count
         runs = [chunk for c in torch.unique(self.labels)
-                for chunk in perm[self.labels[perm] == c].split(share) if len(chunk) == share]
+                for chunk in perm[cast(torch.Tensor, self.labels)[perm] == c].split(share) if len(chunk) == share]
         dealt = torch.randperm(len(runs), generator=self.gen)
         return torch.cat([runs[i] for i in dealt])
 

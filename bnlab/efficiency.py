@@ -16,6 +16,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -93,8 +94,8 @@ def expected_cost(cfg) -> float:
 @functools.cache
 def _data_source() -> dict:
     """Where this machine reads the data (root, download, verify): the runs may have trained elsewhere."""
-    source = OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=True)
-    return {k: source[k] for k in ("root", "download", "verify")}  # type: ignore[index]
+    source = cast(dict, OmegaConf.to_container(OmegaConf.structured(DataConfig), resolve=True))
+    return {k: source[k] for k in ("root", "download", "verify")}
 
 
 @functools.cache

@@ -141,7 +141,8 @@ def analyze_sweep(ctx: Context, lr_claim: str, speed_claim: str, shared_claim: s
     frac, trains_at_all = claims[lr_claim].params.trainable_fraction, claims[lr_claim].params.trains_at_all
     targets = {data: claims[speed_claim].params[f"target_{data}"] for data, _ in cells}
     fig_path = draw_sweep(ctx, runs, cells, frac, targets)
-    rows, ratios = [], {"lr": {}, "speed": {}, "shared": {}}
+    rows: list[dict] = []
+    ratios: dict[str, dict[str, list[float]]] = {"lr": {}, "speed": {}, "shared": {}}
     for data, act in cells:
         cell_ratios, row = measure_cell(select(runs, data__name=data, model__activation=act),
                                         select(ctx.runs, data__name=data, model__activation=act), frac,

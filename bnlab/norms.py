@@ -8,6 +8,7 @@ from it. A normaliser sits between the linear map and the nonlinearity (Ioffe §
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,9 @@ class LpNorm(nn.Module):
     """Santurkar et al. 2018 §3.3: subtract the batch mean, divide by the mean l_p norm of the un-centred
     activations ("before shifting the mean"); p = inf divides by max |x|. Running averages serve eval mode."""
 
+    running_mean: torch.Tensor  # buffers, declared for the type checker
+    running_scale: torch.Tensor
+
     def __init__(self, num_features: int, p: float, eps: float, momentum: float, affine: bool):
         super().__init__()
         self.p, self.eps, self.momentum = p, eps, momentum
@@ -73,7 +77,7 @@ class LpNorm(nn.Module):
         else:
             y = (a - self.running_mean) / (self.running_scale + self.eps)
         if self.weight is not None:
-            y = y * self.weight + self.bias
+            y = y * self.weight + cast(torch.Tensor, self.bias)  # affine: both or neither
         return _units_back(y, x)
 
 
@@ -95,6 +99,10 @@ class BatchRenorm(nn.Module):
     x_hat = (x - mu_B) / sigma_B * r + d with r = clip(sigma_B / sigma, 1/rmax, rmax) and
     d = clip((mu_B - mu) / sigma, -dmax, dmax) held constant in backprop; plain BN during the warm-up."""
 
+    running_mean: torch.Tensor  # buffers, declared for the type checker
+    running_var: torch.Tensor
+    steps: torch.Tensor
+
     def __init__(self, num_features: int, cfg: DictConfig):
         super().__init__()
         self.eps, self.momentum = cfg.eps, cfg.momentum
@@ -112,7 +120,7 @@ class BatchRenorm(nn.Module):
         else:
             y = (a - self.running_mean) / (self.running_var + self.eps).sqrt()
         if self.weight is not None:
-            y = y * self.weight + self.bias
+            y = y * self.weight + cast(torch.Tensor, self.bias)  # affine: both or neither
         return _units_back(y, x)
 
 
@@ -142,6 +150,9 @@ class DetachedBatchNorm(nn.Module):
     step, the alternative Ioffe & Szegedy §2 reject. The gradient then ignores that the statistics move with the
     parameters, so it can propose changes (a bias shift, a growing scale) that the normalisation undoes."""
 
+    running_mean: torch.Tensor  # buffers, declared for the type checker
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, cfg: DictConfig):
         super().__init__()
         self.eps, self.momentum = cfg.eps, cfg.momentum
@@ -161,7 +172,7 @@ class DetachedBatchNorm(nn.Module):
             mean, var = self.running_mean, self.running_var
         y = (a - mean) / (var + self.eps).sqrt()
         if self.weight is not None:
-            y = y * self.weight + self.bias
+            y = y * self.weight + cast(torch.Tensor, self.bias)  # affine: both or neither
         return _units_back(y, x)
 
 
@@ -213,40 +224,41 @@ class Members:
 
 # What a normaliser does to a stack's activations (K x units x batch), member by member, given a run alone's
 # module (for its settings) and the members' state; updates that state in place as the module updates its own.
-StackedNorm = Callable[[nn.Module, torch.Tensor, Members], torch.Tensor]
+# The module is Any here: each function names the type of module it is for.
+StackedNorm = Callable[[Any, torch.Tensor, Members], torch.Tensor]
 
 
 def _affine_stacked(y: torch.Tensor, members: Members) -> torch.Tensor:
     """Each member's gamma and beta (K x units) on K x units x batch, as the modules apply them after normalising."""
     weight, bias = members.params.get("weight"), members.params.get("bias")
-    return y if weight is None else y * weight.unsqueeze(2) + bias.unsqueeze(2)
+    return y if weight is None else y * weight.unsqueeze(2) + cast(torch.Tensor, bias).unsqueeze(2)
 
 
 def _unchanged_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
     return x
 
 
-def _batch_norm_stacked(norm: nn.Module, x: torch.Tensor, members: Members, training: bool) -> torch.Tensor:
+def _batch_norm_stacked(norm: nn.BatchNorm1d, x: torch.Tensor, members: Members, training: bool) -> torch.Tensor:
     """nn.BatchNorm1d of every member as one F.batch_norm call over K*units on (1, K*units, batch)."""
     k, c, n = x.shape
     weight, bias = members.params.get("weight"), members.params.get("bias")
     return F.batch_norm(x.reshape(1, k * c, n), members.buffers["running_mean"].view(-1),  # a copy at a small batch
                         members.buffers["running_var"].view(-1), None if weight is None else weight.view(-1),
-                        None if bias is None else bias.view(-1), training=training, momentum=norm.momentum,
+                        None if bias is None else bias.view(-1), training=training, momentum=cast(float, norm.momentum),
                         eps=norm.eps).view(k, c, n)
 
 
-def _batch_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _batch_train(norm: nn.BatchNorm1d, x: torch.Tensor, members: Members) -> torch.Tensor:
     y = _batch_norm_stacked(norm, x, members, training=True)
     members.buffers["num_batches_tracked"] += 1
     return y
 
 
-def _batch_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _batch_eval(norm: nn.BatchNorm1d, x: torch.Tensor, members: Members) -> torch.Tensor:
     return _batch_norm_stacked(norm, x, members, training=False)
 
 
-def _noise_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _noise_train(norm: AlgOneNoise, x: torch.Tensor, members: Members) -> torch.Tensor:
     """Each member's noise from its own generator, as its run alone draws it."""
     k, c, n = x.shape
     draws = [norm.sample(n, c, g)[2:] for g in members.generators]
@@ -254,12 +266,13 @@ def _noise_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Te
     return scale * x + shift
 
 
-def _noisy_batch_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
-    return _noise_train(norm[1], _batch_train(norm[0], x, members.under("0.")), members.under("1."))
+def _noisy_batch_train(norm: nn.Sequential, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _noise_train(cast(AlgOneNoise, norm[1]), _batch_train(cast(nn.BatchNorm1d, norm[0]), x, members.under("0.")),
+                        members.under("1."))
 
 
-def _noisy_batch_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
-    return _batch_eval(norm[0], x, members.under("0."))  # the noise is off in eval mode
+def _noisy_batch_eval(norm: nn.Sequential, x: torch.Tensor, members: Members) -> torch.Tensor:
+    return _batch_eval(cast(nn.BatchNorm1d, norm[0]), x, members.under("0."))  # the noise is off in eval mode
 
 
 def _per_example_stacked(x: torch.Tensor, members: Members,
@@ -271,38 +284,38 @@ def _per_example_stacked(x: torch.Tensor, members: Members,
     return _affine_stacked(y if members.small_batch else y.contiguous(), members)  # the layout the stack keeps
 
 
-def _layer_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _layer_stacked(norm: nn.LayerNorm | nn.GroupNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     return _per_example_stacked(x, members, lambda rows: F.layer_norm(rows, (rows.shape[1],), eps=norm.eps))
 
 
-def _group_stacked(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _group_stacked(norm: nn.GroupNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     return _per_example_stacked(x, members, lambda rows: F.group_norm(rows, norm.num_groups, eps=norm.eps))
 
 
-def _lp_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _lp_train(norm: LpNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     """LpNorm's own training step over each member's batch (dim 2)."""
     return _affine_stacked(lp_normalise(x, 2, norm.p, norm.eps, members.buffers["running_mean"],
                                         members.buffers["running_scale"], norm.momentum), members)
 
 
-def _lp_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _lp_eval(norm: LpNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     return _affine_stacked((x - members.statistic("running_mean")) / (members.statistic("running_scale") + norm.eps),
                            members)
 
 
-def _renorm_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _renorm_train(norm: BatchRenorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     """BatchRenorm's own training step over each member's batch (dim 2)."""
     y = renormalise(norm, x, 2, *(members.buffers[b] for b in ("running_mean", "running_var", "steps")))
     return _affine_stacked(y, members)
 
 
-def _running_mean_var_eval(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _running_mean_var_eval(norm: BatchRenorm | DetachedBatchNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     """Eval mode of a normaliser that keeps BN's running mean and variance as buffers of its own."""
     std = (members.statistic("running_var") + norm.eps).sqrt()
     return _affine_stacked((x - members.statistic("running_mean")) / std, members)
 
 
-def _detached_train(norm: nn.Module, x: torch.Tensor, members: Members) -> torch.Tensor:
+def _detached_train(norm: DetachedBatchNorm, x: torch.Tensor, members: Members) -> torch.Tensor:
     """DetachedBatchNorm's training step over each member's batch (dim 2): BN's statistics and running averages
     outside autograd."""
     with torch.no_grad():

@@ -6,11 +6,14 @@ bitwise as if the probe never happened.
 """
 
 import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from bnlab.models import Net, chosen_layer, layer_parameters
+from bnlab.models import Block, Net, chosen_layer, layer_parameters
 
 PERCENTILES = (15.0, 50.0, 85.0)  # Ioffe Fig. 1(b,c)
 
@@ -53,7 +56,7 @@ def layer_values(model: Net, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
     def linear_hook(module, inputs, out):
         captured.append({"u": inputs[0].detach(), "wu": out.detach()})
 
-    hooks = [h for b in model.blocks for h in (
+    hooks = [h for b in cast("Iterable[Block]", model.blocks) for h in (
         b.linear.register_forward_hook(linear_hook),
         b.norm.register_forward_hook(lambda m, i, out: captured[-1].update(x=out.detach())))]
     try:
@@ -85,10 +88,10 @@ def jacobian_spectra(model: Net, x: torch.Tensor, examples: int) -> list[dict]:
     rows = []
     for layer in range(1, len(values)):
         before = values[layer - 1]["x"][:, :examples].T.clone().requires_grad_(True)  # examples x units
-        act = model.blocks[layer - 1].act
+        act = cast(Block, model.blocks[layer - 1]).act
         (slope,) = torch.autograd.grad(act(before).sum(), before)  # elementwise nonlinearities: the diagonal
         scale = per_unit_scale(values[layer]["wu"], values[layer]["x"])
-        weight = model.blocks[layer].linear.weight.detach()
+        weight = cast(torch.Tensor, cast(Block, model.blocks[layer]).linear.weight).detach()
         jac = (scale[:, None] * weight).unsqueeze(0) * slope.unsqueeze(1)  # examples x out x in
         sv = torch.linalg.svdvals(jac)  # examples x min(out, in), descending
         rows.append({"layer": layer, "jac_sv_median": median(median(sv)).item(),
@@ -116,11 +119,12 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
         # shape per unit (over the batch), then the median over units: is each unit's input Gaussian?
         skew, kurt = skew_and_excess_kurtosis(a)
         jarque_bera = a.shape[1] / 6 * (skew.pow(2) + kurt.pow(2) / 4)  # ~ chi2(2) under normality
-        row = {"layer": layer, "mean": mean.item(), "std": std.item(), "skew": median(skew),
-               "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera),
-               # Ioffe §3.2: is Wu + b more Gaussian than the layer's input u? median over units of |kurtosis|
-               "abs_kurtosis": median(kurt.abs()),
-               **{f"abs_kurtosis_{k}": median(skew_and_excess_kurtosis(values[k])[1].abs()) for k in ("wu", "u")}}
+        row: dict[str, Any] = {
+            "layer": layer, "mean": mean.item(), "std": std.item(), "skew": median(skew),
+            "excess_kurtosis": median(kurt), "jarque_bera": median(jarque_bera),
+            # Ioffe §3.2: is Wu + b more Gaussian than the layer's input u? median over units of |kurtosis|
+            "abs_kurtosis": median(kurt.abs()),
+            **{f"abs_kurtosis_{k}": median(skew_and_excess_kurtosis(values[k])[1].abs()) for k in ("wu", "u")}}
         row.update({f"p{int(p)}": v for p, v in zip(PERCENTILES, torch.quantile(flat, q).tolist(), strict=True)})
         unit_mean, unit_std = a[:units].mean(1).tolist(), a[:units].std(1).tolist()
         for u in range(per_unit.shape[0]):
@@ -135,7 +139,7 @@ def activation_stats(model: Net, x: torch.Tensor, units: int, bins: int, hist_ra
 
 
 
-def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: list[torch.Tensor], rng: tuple):
+def _grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn, params: Sequence[torch.Tensor], rng: tuple):
     """Loss and gradients on (x, y) with the RNG reset first, so a noisy normaliser draws the same noise."""
     set_rng_state(rng)
     loss = loss_fn(model(x), y)
@@ -150,14 +154,15 @@ def _all_grads(model: Net, x: torch.Tensor, y: torch.Tensor, loss_fn) -> tuple:
 
 def _weights(model: Net) -> list[torch.Tensor]:
     """Every linear map's weight, input to output: the hidden layers', then the head's."""
-    return [b.linear.weight for b in model.blocks] + [model.head.weight]
+    return ([cast(torch.Tensor, b.linear.weight) for b in cast("Iterable[Block]", model.blocks)]
+            + [cast(torch.Tensor, model.head.weight)])
 
 
 def _flat(ts) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
-def _assign(params: list[torch.Tensor], values) -> None:
+def _assign(params: Sequence[torch.Tensor], values) -> None:
     """Overwrite parameters in place (outside autograd): probes move the model, then put it back."""
     with torch.no_grad():
         for p, v in zip(params, values, strict=True):
@@ -180,8 +185,9 @@ def internal_covariate_shift(model: Net, x: torch.Tensor, y: torch.Tensor, loss_
         chosen = None if block == "all" else chosen_layer(block, step, [[grad_of[id(p)] for p in ps]
                                                                          for ps in layer_parameters(model)])
         for i in layers:
-            weight = model.blocks[i].linear.weight
-            moving = model.blocks[:i] if chosen is None else model.blocks[chosen:chosen + 1] if chosen < i else []
+            weight = cast(torch.Tensor, cast(Block, model.blocks[i]).linear.weight)
+            moving: Iterable[nn.Module] = (model.blocks[:i] if chosen is None
+                                           else model.blocks[chosen:chosen + 1] if chosen < i else [])
             below = [p for b in moving for p in b.parameters()]
             g = grad_of[id(weight)]
             if below:
@@ -236,7 +242,7 @@ class MomentTracker:
         n = len(model.blocks)
         self.prev: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n
         self.changes: list[list[torch.Tensor]] = [[] for _ in range(n)]  # per layer: rows of (dmean, dvar)
-        for layer, block in enumerate(model.blocks):
+        for layer, block in enumerate(cast("Iterable[Block]", model.blocks)):
             block.norm.register_forward_hook(self._hook(layer))
 
     def _hook(self, layer: int):
@@ -251,7 +257,7 @@ class MomentTracker:
     def record(self, layer: int, mean: torch.Tensor, var: torch.Tensor) -> None:
         """One training step's batch moments of the tracked units of `layer` (a stack computes them itself)."""
         if self.prev[layer] is not None:
-            pm, pv = self.prev[layer]
+            pm, pv = cast("tuple[torch.Tensor, torch.Tensor]", self.prev[layer])
             self.changes[layer].append(torch.stack([(mean - pm).abs(), (var - pv).abs()]))
         self.prev[layer] = (mean, var)
 
@@ -282,7 +288,7 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
         params = list(model.parameters())
         cost = model(x).mean()
         grads = torch.autograd.grad(cost, params)
-        eps = target / sum((g.double() ** 2).sum() for g in grads).item()
+        eps = target / cast(torch.Tensor, sum((g.double() ** 2).sum() for g in grads)).item()
         saved = [p.detach().clone() for p in params]
         _assign(params, [s - eps * g for s, g in zip(saved, grads, strict=True)])
         with torch.no_grad():
@@ -296,10 +302,10 @@ def first_order_check(model: Net, x: torch.Tensor, target: float = 0.1) -> dict:
 def parameter_norms(model: Net) -> dict[str, float]:
     """Frobenius norm of each hidden layer's weight and, where the layer keeps one, its bias (layers 0-based)."""
     out = {}
-    for i, block in enumerate(model.blocks):
-        out[f"weight_norm_L{i}"] = block.linear.weight.norm().item()
+    for i, block in enumerate(cast("Iterable[Block]", model.blocks)):
+        out[f"weight_norm_L{i}"] = cast(torch.Tensor, block.linear.weight).norm().item()
         if block.linear.bias is not None:
-            out[f"bias_norm_L{i}"] = block.linear.bias.norm().item()
+            out[f"bias_norm_L{i}"] = cast(torch.Tensor, block.linear.bias).norm().item()
     return out
 
 

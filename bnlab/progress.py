@@ -11,6 +11,7 @@ second since this process started.
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bnlab.config import REPO_ROOT
@@ -19,7 +20,7 @@ from bnlab.registration import confirmatory_overrides, load
 from bnlab.sweeps import experiment_names, runs_root, sweep_jobs
 
 
-def totals(scale: str, overrides: list[str] = ()) -> tuple[Path, dict[str, int]]:
+def totals(scale: str, overrides: Sequence[str] = ()) -> tuple[Path, dict[str, int]]:
     """Where the scale's runs go and each experiment's count of jobs (a confirmatory sweep: its first seeds, at the
     frozen rates where the experiment trains only those)."""
     stage = next((o.split("=", 1)[1] for o in overrides if o.startswith("stage=")), "exploratory")

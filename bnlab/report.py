@@ -14,8 +14,10 @@ import math
 import re
 import tempfile
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, cast
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -190,7 +192,7 @@ def run_sections(name: str, runs: pd.DataFrame, on_disk: pd.DataFrame, scale: st
     return out
 
 
-def run_stage(stage: Stage, configs: dict, scale: str, root: Path, out_dir: Path, overrides: list[str],
+def run_stage(stage: Stage, configs: dict, scale: str, root: Path, out_dir: Path, overrides: Sequence[str],
               frozen_rates: dict | None = None) -> None:
     for name, cfg in configs.items():
         extra = [] if frozen_rates is None else confirmatory_overrides(name, scale, {"rates": frozen_rates})
@@ -214,7 +216,7 @@ def run_stage(stage: Stage, configs: dict, scale: str, root: Path, out_dir: Path
         stage.sections[name] = figures + ctx.tables + run_sections(name, runs, on_disk, scale, Path(cfg.out_root))
 
 
-def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures: bool = True) -> Stages:
+def analyse_stages(scale: str, out_dir: Path, overrides: Sequence[str] = (), figures: bool = True) -> Stages:
     """Both stages: the exploratory runs (which choose the rates) and the confirmatory ones (judged with the
     frozen rates), and the registration check. Figures and tables come from the confirmatory runs where there
     are any."""
@@ -238,7 +240,7 @@ def analyse_stages(scale: str, out_dir: Path, overrides: list[str] = (), figures
     seeds = {int(s) for r in exploratory.runs for s in r.seed}
     problems = check(frozen, now, runs, freeze, seeds)
     if frozen is not None and load(scale) != frozen:
-        problems.append(f"{path.name} differs from its committed version at {freeze[:10]}")
+        problems.append(f"{path.name} differs from its committed version at {cast(str, freeze)[:10]}")
     missing = second_stage_missing(configs, confirmatory, frozen)
     problems += [f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} not trained for experiments "
                  f"with an undecided cell: {', '.join(missing)}"] if missing else []
@@ -256,7 +258,7 @@ def second_stage_missing(configs: dict, confirmatory: Stage, frozen: dict | None
 PAGES = "report"  # one page per experiment: <out_dir>/report/<experiment>.md, linked from REPORT.md
 
 
-def build_report(scale: str, out_dir: Path, overrides: list[str] = ()) -> tuple[str, dict[str, str], list[dict],
+def build_report(scale: str, out_dir: Path, overrides: Sequence[str] = ()) -> tuple[str, dict[str, str], list[dict],
                                                                                   pd.DataFrame, Stages]:
     """REPORT.md's text (the front page), each experiment's page by name, the claim rows, runs.csv's table and
     the stages' analyses."""
@@ -295,7 +297,7 @@ def write_pages(out_dir: Path, pages: dict[str, str]) -> None:
         atomic_write_text(folder / f"{name}.md", text)
 
 
-def inconclusive(scale: str, overrides: list[str] = ()) -> list[str]:
+def inconclusive(scale: str, overrides: Sequence[str] = ()) -> list[str]:
     """The experiments that need the second confirmatory stage (a claim with a cell inconclusive on its first
     seeds), cheapest first by their last logged sweep time, so that an interrupted second stage has finished the
     most experiments."""
@@ -517,7 +519,7 @@ def pages_list(rows: list[dict]) -> str:
                      f"{sum(r['experiment'] == name for r in rows)} claims" for name, group in names)
 
 
-def log_artifact(out_dir: Path, scale: str, mode: str) -> None:
+def log_artifact(out_dir: Path, scale: str, mode: Literal["online", "offline", "disabled"]) -> None:
     """REPORT.md, figures and tables as one wandb artifact of a 'report' run in the group report/<scale>."""
     import wandb  # lazy, as for the runs
 

@@ -28,7 +28,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -128,7 +128,7 @@ class RunDir:
 
     def is_done(self, identity: str) -> bool:
         s = self.summary()
-        return bool(s) and s.get("status") in DONE and s.get("identity") == identity
+        return bool(s) and cast(dict, s).get("status") in DONE and cast(dict, s).get("identity") == identity
 
     def set_aside_if_superseded(self, identity: str, checkpoint_identity: str | None) -> Path | None:
         """A run trained under another config of this job (its summary, or else its checkpoint, holds another
@@ -237,8 +237,8 @@ class WandbMirror:
             return
         import wandb  # lazy: half a second and a background service, only when asked for
 
-        config = OmegaConf.to_container(cfg, resolve=True)
-        config.pop("claims", None)  # type: ignore[union-attr]
+        config = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
+        config.pop("claims", None)
         self.run = init_when_free(wandb.init, project=cfg.wandb.project, entity=cfg.wandb.entity,
                                   mode=cfg.wandb.mode, dir=str(run_dir), id=wandb_id(cfg, run_dir, identity),
                                   resume="allow", group=f"{cfg.experiment}/{cfg.scale}", job_type=cfg.scale,

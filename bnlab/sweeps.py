@@ -10,6 +10,7 @@ import argparse
 import copy
 import itertools
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,7 @@ def experiment_names() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictConfig:
+def experiment_config(name: str, scale: str, overrides: Sequence[str] = ()) -> DictConfig:
     """The experiment's composed config. A sweep override (seed=range(5,10), optim.lr=0.1,0.3) names jobs, not
     the config: `sweep_jobs` takes it, compose leaves it out."""
     parser = OverridesParser.create()
@@ -34,7 +35,7 @@ def experiment_config(name: str, scale: str, overrides: list[str] = ()) -> DictC
         return compose("train", overrides=[f"experiment={name}", f"scale={scale}", *plain])
 
 
-def runs_root(scale: str, stage: str, overrides: list[str] = ()) -> Path:
+def runs_root(scale: str, stage: str, overrides: Sequence[str] = ()) -> Path:
     """Where a stage's run directories are: <out_root>/<scale>, or <out_root>/confirmatory/<scale>
     (configs/stage/)."""
     out_root = Path(experiment_config(experiment_names()[0], scale, overrides).out_root)
@@ -45,7 +46,7 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def sweep_jobs(name: str, scale: str, overrides: list[str] = ()) -> tuple[set[frozenset[str]], set[str]]:
+def sweep_jobs(name: str, scale: str, overrides: Sequence[str] = ()) -> tuple[set[frozenset[str]], set[str]]:
     """The jobs that `python -m bnlab.train experiment=<name> scale=<scale> <overrides>` launches, each as the set
     of overrides that names its run directory, and the keys that such names leave out. Expanded as Hydra's basic
     sweeper does: the experiment's sweep params, then the given overrides, which replace a param of their key."""
