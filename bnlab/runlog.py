@@ -210,18 +210,6 @@ def activation_values(rows: list[dict]) -> dict:
             if key[0] == "p" or key in ("mean", "std")}
 
 
-def init_when_free(init, attempts: int = 20, wait_s: float = 3.0, **kwargs):
-    """wandb.init, retried while wandb says the run's id is in use: the service of an attempt killed a moment ago
-    holds the id until it notices its process is gone, which can take seconds on a loaded machine."""
-    for attempt in range(attempts):
-        try:
-            return init(**kwargs)
-        except Exception as e:  # wandb's mailbox error type is internal; its message is what identifies the case
-            if "is in use" not in str(e) or attempt == attempts - 1:
-                raise
-            time.sleep(wait_s)
-
-
 class WandbMirror:
     """Mirrors logged rows to wandb when `wandb.mode` is online or offline; a no-op when disabled.
 
@@ -239,7 +227,7 @@ class WandbMirror:
 
         config = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig: a dict
         config.pop("claims", None)
-        self.run = init_when_free(wandb.init, project=cfg.wandb.project, entity=cfg.wandb.entity,
+        self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity,
                                   mode=cfg.wandb.mode, dir=str(run_dir), id=wandb_id(cfg, run_dir, identity),
                                   resume="allow", group=f"{cfg.experiment}/{cfg.scale}", job_type=cfg.scale,
                                   name=wandb_name(cfg.experiment, run_dir), tags=list(cfg.wandb.tags),
@@ -276,7 +264,7 @@ class WandbMirror:
             if summary:
                 self.run.summary.update({k: summary.get(k) for k in self.SUMMARY_KEYS})
                 if summary.get("status") == "diverged":
-                    self.run.tags = (*self.run.tags, "diverged")
+                    self.run.tags = (*(self.run.tags or ()), "diverged")
             self.run.finish(exit_code=exit_code)
             self.run = None
 

@@ -105,19 +105,3 @@ def test_a_killed_offline_run_resumes_with_the_whole_history(data_root, tmp_path
     acts = {(a["step"], a["layer"]): a["p50"] for a in read_jsonl(run_dir / "activations.jsonl")}
     assert acts == {(step, layer): history[step][f"act/L{layer}/p50"] for step, layer in acts}
 
-
-def test_a_wandb_id_still_held_by_a_killed_attempt_is_waited_for():
-    from bnlab.runlog import init_when_free
-
-    calls = []
-
-    def init(**kwargs):
-        calls.append(kwargs)
-        if len(calls) < 3:
-            raise RuntimeError("run ID fd05f3eee809_86a2f77d is in use")
-        return "run"
-
-    assert init_when_free(init, wait_s=0, id="x") == "run" and len(calls) == 3
-    calls.clear()
-    with pytest.raises(RuntimeError, match="in use"):  # held longer than the attempts: the error stands
-        init_when_free(init, attempts=2, wait_s=0)
