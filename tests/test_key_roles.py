@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import tarfile
 
 import pytest
 import yaml
@@ -10,11 +11,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bnlab import runlog
+from bnlab.archive import archive_path, unpack
 from bnlab.config import (
     CONFIG_DIR,
     FOLDER_ROLES,
     KEY_ROLES,
-    REPO_ROOT,
     STACKABLE,
     TrainerConfig,
     flat_schema_values,
@@ -28,7 +29,6 @@ from bnlab.stack import stack_key
 from bnlab.sweeps import job_identities, job_name, sweep_jobs
 from tests.conftest import make_cfg
 
-RUNS = REPO_ROOT / "results" / "runs"
 # A value each row's "a stack needs" refuses; a new row with a need needs one here
 REFUSED = {"model.arch": "cnn", "norm.name": "batch_detached", "optim.block": "round_robin",
            "trainer.moment_penalty": 0.1, "trainer.alone": True, "wandb.mode": "offline", "device": "cuda"}
@@ -59,13 +59,17 @@ def folder_name(overrides: list[str], excluded: set[str]) -> str:
 
 
 def test_every_committed_run_keeps_its_folder_name():
-    saved = sorted(RUNS.glob("**/.hydra/overrides.yaml"))
-    if not saved:
-        pytest.skip("no runs on disk: python -m bnlab.archive unpack ...")
-    excluded = set(unnamed_keys())
-    moved = [p.parent.parent for p in saved
-             if folder_name(yaml.load(p.read_text(), Loader=yaml.CSafeLoader), excluded) != p.parent.parent.name]
-    assert not moved, moved[:5]
+    """Read from the committed evidence itself, so that a clean clone checks it too."""
+    excluded, moved, seen = set(unnamed_keys()), [], 0
+    for stage in ("exploratory", "confirmatory"):
+        with tarfile.open(archive_path("cpu", stage), "r:xz") as tar:
+            for member in tar:
+                experiment, folder, *rest = member.name.split("/") + ["", ""]
+                if rest[:2] == [".hydra", "overrides.yaml"]:
+                    seen += 1
+                    overrides = yaml.load(tar.extractfile(member).read(), Loader=yaml.CSafeLoader)
+                    moved += [f"{experiment}/{folder}"] if folder_name(overrides, excluded) != folder else []
+    assert seen > 4000 and not moved, moved[:5]
 
 
 def test_a_logging_switch_leaves_the_identity_as_it_is(data_root, tmp_path):
@@ -84,12 +88,11 @@ def test_a_logging_switch_leaves_the_identity_as_it_is(data_root, tmp_path):
 
 @pytest.mark.parametrize("name,stage", [("fig1", "exploratory"), ("one_layer_at_a_time", "exploratory"),
                                         ("dropout", "exploratory"), ("bn_inference", "confirmatory")])
-def test_committed_runs_keep_their_identity(name, stage):
-    """The identity train gives each committed run's job now is the one its summary.json records."""
-    root = RUNS / "cpu" / name if stage == "exploratory" else RUNS / "confirmatory" / "cpu" / name
-    runs = runlog.runs(root)
-    if not len(runs):
-        pytest.skip("no runs on disk: python -m bnlab.archive unpack ...")
+def test_committed_runs_keep_their_identity(name, stage, tmp_path):
+    """The identity train gives each committed run's job now is the one its summary.json records (the runs as
+    committed, unpacked here)."""
+    unpack(archive_path("cpu", stage), tmp_path, only=name)
+    runs = runlog.runs(tmp_path / name)
     _, excluded = sweep_jobs(name, "cpu")
     named = [job_name(o, excluded) for o in runs.job_overrides]
     now = job_identities(name, "cpu", set(named))
