@@ -103,9 +103,9 @@ def _per_run_rates(key: str) -> tuple[float, float, int]:
     """(FLOPs per training step, FLOPs per evaluated example, test examples) for a run config's JSON."""
     cfg = OmegaConf.create(json.loads(key))
     data = load(cfg.data)
-    shape, classes = tuple(data.train.x.shape[1:]), data.num_classes
-    train = step_flops(cfg.model, cfg.norm, shape, classes, cfg.trainer.batch_size, cfg.trainer.loss)
-    return train, step_flops(cfg.model, cfg.norm, shape, classes, 1, cfg.trainer.loss, backward=False), len(data.test.x)
+    train, per_example = _rates(OmegaConf.to_yaml(cfg.model), OmegaConf.to_yaml(cfg.norm), data.shape,
+                                data.num_classes, cfg.trainer.batch_size, cfg.trainer.loss)
+    return train, per_example, len(data.test.x)
 
 
 def run_flops(run_dir: Path) -> tuple[float, float]:

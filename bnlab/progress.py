@@ -14,10 +14,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bnlab.config import REPO_ROOT
-from bnlab.efficiency import SWEEP_TIME
 from bnlab.registration import confirmatory_overrides, load
-from bnlab.sweeps import experiment_names, runs_root, sweep_jobs
+from bnlab.sweeps import experiment_names, runs_root, sweep_jobs, sweep_seconds
 
 
 def totals(scale: str, overrides: Sequence[str] = ()) -> tuple[Path, dict[str, int]]:
@@ -30,23 +28,16 @@ def totals(scale: str, overrides: Sequence[str] = ()) -> tuple[Path, dict[str, i
     return runs_root(scale, stage, overrides), jobs
 
 
-def run_costs(jobs: dict[str, int], log: Path) -> dict[str, float]:
-    """Each experiment's expected seconds per run: its last first-stage sweep time in the timing log over its jobs
-    now; an experiment the log has not timed costs the mean of those it has (all alike when none is timed)."""
-    seconds: dict[str, int] = {}
-    for entry in (log.read_text().splitlines() if log.exists() else []):
-        if (m := SWEEP_TIME.match(entry)) and "(seeds" not in entry:
-            seconds[m.group(1)] = int(m.group(2))
+def run_costs(jobs: dict[str, int], seconds: dict[str, int]) -> dict[str, float]:
+    """Each experiment's expected seconds per run: its last sweep time (`sweeps.sweep_seconds`) over its jobs now;
+    an experiment never timed costs the mean of those that were (all alike when none was)."""
     per_run = {name: seconds[name] / n for name, n in jobs.items() if name in seconds and n}
     mean = sum(per_run.values()) / len(per_run) if per_run else 1.0
     return {name: per_run.get(name, mean) for name in jobs}
 
 
-def done(root: Path) -> int:
-    return sum(1 for _ in root.glob("*/*/summary.json"))
-
-
 def done_by_experiment(root: Path, names) -> dict[str, int]:
+    """Each experiment's runs with a summary.json under root."""
     return {name: sum(1 for _ in (root / name).glob("*/summary.json")) for name in names}
 
 
@@ -63,7 +54,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, as given to the sweeps (out_root=...)")
     args = parser.parse_args()
     root, jobs = totals(args.scale, args.overrides)
-    cost = run_costs(jobs, REPO_ROOT / "results" / f"timing_{args.scale}.log")
+    cost = run_costs(jobs, sweep_seconds(args.scale))
     total, total_cost = sum(jobs.values()), sum(n * cost[name] for name, n in jobs.items())
 
     def cost_done() -> tuple[int, float]:

@@ -101,19 +101,23 @@ def test_job_identities_are_those_of_the_jobs_composed_one_by_one(name):
     assert len({fast[job] for job in jobs}) == len(jobs)  # and no two of the sweep's jobs share one
 
 
-def test_progress_counts_summaries_and_weighs_runs_by_their_timed_cost(tmp_path):
-    from bnlab.progress import done, line, run_costs
+def test_progress_counts_summaries_and_weighs_runs_by_their_timed_cost(tmp_path, monkeypatch):
+    from bnlab import sweeps
+    from bnlab.progress import done_by_experiment, line, run_costs
 
     for i, name in enumerate(("a", "b", "c")):
         (tmp_path / "fig1" / name).mkdir(parents=True)
         if i < 2:
             (tmp_path / "fig1" / name / "summary.json").write_text("{}")
-    assert done(tmp_path) == 2
-    log = tmp_path / "timing.log"
-    log.write_text("[bnlab] fig1: 900 s\n[bnlab] fig1: 600 s\n[bnlab] fig1 (seeds 105-109): 50 s\n[bnlab] dln: 40 s\n")
+    assert done_by_experiment(tmp_path, ["fig1", "dln"]) == {"fig1": 2, "dln": 0}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "timing_cpu.log").write_text(
+        "[bnlab] fig1: 900 s\n[bnlab] fig1: 600 s\n[bnlab] fig1 (seeds 105-109): 50 s\n[bnlab] dln: 40 s\n")
+    monkeypatch.setattr(sweeps, "REPO_ROOT", tmp_path)
     # the last first-stage time over today's jobs; an untimed experiment at the mean of the timed ones
-    assert run_costs({"fig1": 20, "dln": 40, "cifar": 10}, log) == {"fig1": 30.0, "dln": 1.0, "cifar": 15.5}
-    assert run_costs({"fig1": 20}, tmp_path / "absent.log") == {"fig1": 1.0}
+    assert run_costs({"fig1": 20, "dln": 40, "cifar": 10}, sweeps.sweep_seconds("cpu")) == {
+        "fig1": 30.0, "dln": 1.0, "cifar": 15.5}
+    assert run_costs({"fig1": 20}, sweeps.sweep_seconds("smoke")) == {"fig1": 1.0}  # no timing log
     assert line(2, 10, 120.0, 480.0) == "[bnlab] 2 / 10 runs done, 2 min elapsed, about 8 min left"
     assert line(0, 10, 5.0, None) == "[bnlab] 0 / 10 runs done, 0 min elapsed"
 

@@ -7,7 +7,6 @@ files, as if it had trained alone.
 `trainer.alone=true` trains every run alone (what a stack needs is config.KEY_ROLES's to say).
 """
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -132,12 +131,13 @@ def _with_progress(results, groups: list[list[int]], configs, show: bool) -> lis
 def sweep_tally(returns: list[JobReturn]) -> str:
     """How the sweep went, from each run's summary.json: finished / diverged / failed, then the failed runs' paths
     (a job that left no summary failed before its run could record it)."""
+    from bnlab.runlog import RunDir
+
     statuses: dict[str, list[str]] = defaultdict(list)
     for ret in returns:
         run_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
-        summary = run_dir / "summary.json" if run_dir else None
-        status = json.loads(summary.read_text())["status"] if summary and summary.exists() else "failed"
-        statuses[status].append(str(run_dir))
+        summary = RunDir(run_dir).summary() if run_dir else None
+        statuses[summary["status"] if summary else "failed"].append(str(run_dir))
     counts = ", ".join(f"{len(statuses[s])} {s}" for s in ("finished", "diverged", "failed"))
     failed = "".join(f"\n[bnlab]   failed: {path}" for path in statuses["failed"])
     return f"[bnlab] sweep of {len(returns)} runs: {counts}{failed}"
