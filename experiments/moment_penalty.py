@@ -92,7 +92,7 @@ def analyze(ctx: Context) -> list[Finding]:
     like_bn = steps_like_bn(runs, bn, bn_lr, target)
     std_why = untestable(standardises, lambda vals: (
         f"the lambda {max(PENALISED):g} run diverged in {sum(map(math.isinf, vals))} of {len(vals)} seeds: no "
-        "end-of-training inputs to measure (ef29b41 counts that as not standardised)"))
+        "end-of-training inputs to measure (the amended criterion counted that as not standardised)"))
     bn_to = [steps_to(c, target) for c in curves(select(bn, optim__lr=bn_lr)).values()]
     bound = ctx.cfg.trainer.steps / max(bn_to) if bn_to and math.isfinite(max(bn_to)) else math.nan
     like_why = untestable(like_bn, lambda vals: (
