@@ -41,6 +41,8 @@ ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=S
 
 
 class StackingLauncher(JoblibLauncher):
+    checks_jobs_before_launch = True  # ComposeOnceSweeper: no second compose pass before the launch
+
     def __init__(self, max_stack: int = 32, **joblib: Any) -> None:
         super().__init__(**joblib)
         self.max_stack = max_stack
@@ -77,20 +79,25 @@ class StackingLauncher(JoblibLauncher):
         return returns  # type: ignore[return-value]
 
     def _groups(self, keys: Sequence[str | None]) -> list[list[int]]:
-        """Runs with one key, split so that each worker gets a share (two stacks of 12 beat one of 24 here)."""
-        by_key: dict[str, list[int]] = defaultdict(list)
-        groups = []
-        for i, key in enumerate(keys):
-            if key is None:
-                groups.append([i])
-            else:
-                by_key[key].append(i)
-        workers = max(1, int(self.joblib.get("n_jobs") or 1))
-        size = max(1, min(self.max_stack, math.ceil(sum(map(len, by_key.values())) / workers)))
-        for members in by_key.values():
-            chunks = math.ceil(len(members) / size)
-            groups += [members[c::chunks] for c in range(chunks)]  # interleaved: fast and slow runs mixed
-        return sorted(groups, key=min)
+        return stack_groups(keys, self.max_stack, workers=max(1, int(self.joblib.get("n_jobs") or 1)))
+
+
+def stack_groups(keys: Sequence[str | None], max_stack: int, workers: int) -> list[list[int]]:
+    """The jobs of a sweep, as lists of indices into `keys` (each run's `stack_key`; None: it trains alone): runs
+    with one key are split so that each of `workers` gets a share (two stacks of 12 beat one of 24 here), at most
+    max_stack to a stack."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    groups = []
+    for i, key in enumerate(keys):
+        if key is None:
+            groups.append([i])
+        else:
+            by_key[key].append(i)
+    size = max(1, min(max_stack, math.ceil(sum(map(len, by_key.values())) / workers)))
+    for members in by_key.values():
+        chunks = math.ceil(len(members) / size)
+        groups += [members[c::chunks] for c in range(chunks)]  # interleaved: fast and slow runs mixed
+    return sorted(groups, key=min)
 
 
 @dataclass
@@ -103,12 +110,12 @@ ConfigStore.instance().store(group="hydra/sweeper", name="bnlab_basic", node=Com
 
 class ComposeOnceSweeper(BasicSweeper):
     """Hydra's basic sweeper, without its own pass composing every job before the launch when the launcher is
-    bnlab's: that launcher composes each job in its workers and checks them all (preflight) before any run
+    bnlab's: each of its launchers composes each job in its workers and checks them all (preflight) before any run
     starts, so the sweeper's pass, one compose per job in series in the main process, would only repeat that
     work. With any other launcher it validates as Hydra's does."""
 
     def validate_batch_is_legal(self, batch) -> None:
-        if not isinstance(self.launcher, StackingLauncher):
+        if not getattr(self.launcher, "checks_jobs_before_launch", False):
             super().validate_batch_is_legal(batch)
 
 
@@ -128,9 +135,10 @@ def _with_progress(results, groups: list[list[int]], configs, show: bool) -> lis
     return by_group
 
 
-def sweep_tally(returns: list[JobReturn]) -> str:
+def sweep_tally(returns: list[JobReturn], how: str = "") -> str:
     """How the sweep went, from each run's summary.json: finished / diverged / failed, then the failed runs' paths
-    (a job that left no summary failed before its run could record it)."""
+    (a job that left no summary failed before its run could record it). `how` follows the count of runs, e.g.
+    " as 3 SLURM jobs"."""
     from bnlab.runlog import RunDir
 
     statuses: dict[str, list[str]] = defaultdict(list)
@@ -140,7 +148,7 @@ def sweep_tally(returns: list[JobReturn]) -> str:
         statuses[summary["status"] if summary else "failed"].append(str(run_dir))
     counts = ", ".join(f"{len(statuses[s])} {s}" for s in ("finished", "diverged", "failed"))
     failed = "".join(f"\n[bnlab]   failed: {path}" for path in statuses["failed"])
-    return f"[bnlab] sweep of {len(returns)} runs: {counts}{failed}"
+    return f"[bnlab] sweep of {len(returns)} run{'s' * (len(returns) != 1)}{how}: {counts}{failed}"
 
 
 def _compose(hydra_context, config: DictConfig, overrides, idx: int,
