@@ -95,8 +95,7 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_when_the_sweep_is_run_again
     child = _start_sweep(cluster, data_root, tmp_path / "slurm", long)
     try:
         _wait_for(lambda: (run / "checkpoint.pt").exists(), child, "a checkpoint")
-        [job] = subprocess.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], env=cluster,
-                               capture_output=True, text=True, check=True).stdout.split()
+        [job] = queued(cluster)
         subprocess.run(["scancel", job], env=cluster, check=True)
         out, err = child.communicate(timeout=120)
     finally:
@@ -112,13 +111,35 @@ def test_a_cancelled_job_resumes_from_its_checkpoint_when_the_sweep_is_run_again
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(0, 15001, 500))
 
+def test_a_rerun_leaves_out_runs_still_queued_from_an_earlier_launch(cluster, data_root, tmp_path):
+    # the first launch's job is held (sbatch --hold), so it stays queued, and its launcher waits on it
+    one = ["norm=batch", "optim.lr=0.1", "+hydra.launcher.additional_parameters.hold=true"]
+    first = _start_sweep(cluster, data_root, tmp_path / "slurm", one)
+    try:
+        _wait_for(lambda: bool(queued(cluster)), first, "queued job")
+        [job] = queued(cluster)
+        again = sweep(cluster, data_root, tmp_path / "slurm", *one)
+        assert again.returncode == 0, again.stderr
+        assert f"1 run still in SLURM job of an earlier launch ({job}): not submitted again" in again.stdout
+        assert "sweep of 0 runs as 0 SLURM jobs" in again.stdout and queued(cluster) == [job]
+        subprocess.run(["scancel", job], env=cluster, check=True)
+        out, err = first.communicate(timeout=60)
+    finally:
+        first.kill()
+    assert f"SLURM job {job} ended without a result" in err
+
+
+def queued(cluster: dict) -> list[str]:
+    return subprocess.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], env=cluster,
+                          capture_output=True, text=True, check=True).stdout.split()
+
+
 def test_a_bad_config_is_refused_before_anything_is_submitted(cluster, data_root, tmp_path):
     r = sweep(cluster, data_root, tmp_path / "slurm", "trainer.batch_size=0")
     assert r.returncode != 0 and "[bnlab] trainer.batch_size=0 must be > 0" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not jobs_submitted(tmp_path / "slurm" / "smoke" / "fig1")
-    queue = subprocess.run(["squeue", "--me", "--noheader"], env=cluster, capture_output=True, text=True, check=True)
-    assert queue.stdout.strip() == ""
+    assert queued(cluster) == []
 
 
 def _start_sweep(cluster: dict, data_root: Path, out_root: Path, extra: list[str]) -> subprocess.Popen:

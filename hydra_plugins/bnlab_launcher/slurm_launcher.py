@@ -12,6 +12,8 @@ when the sweep is run again.
 """
 
 import functools
+import getpass
+import json
 import logging
 import subprocess
 import time
@@ -82,14 +84,15 @@ class StackingSlurmLauncher(SlurmLauncher):
                 todo.append(i)
             else:
                 returns[i] = _job_return(config, JobStatus.COMPLETED, summary)
+        todo = self._not_in_earlier_jobs(todo, configs)
         # as large as a stack may be: on a cluster more stacks mean more jobs, not faster ones
         groups = [[todo[j] for j in g] for g in stack_groups([keys[i] for i in todo], self.max_stack, workers=1)]
         for group, group_returns in zip(groups, self._submit_and_follow(groups, configs, state), strict=True):
             for i, ret in zip(group, group_returns, strict=True):
                 returns[i] = ret
-        print(sweep_tally(returns, f" as {len(groups)} SLURM job{'s' * (len(groups) != 1)}"),  # type: ignore[arg-type]
-              flush=True)
-        return returns  # type: ignore[return-value]
+        launched = [ret for ret in returns if ret is not None]
+        print(sweep_tally(launched, f" as {len(groups)} SLURM job{'s' * (len(groups) != 1)}"), flush=True)
+        return launched
 
     def _submit_and_follow(self, groups: list[list[int]], configs: Sequence[DictConfig],
                            state: Any) -> list[list[JobReturn]]:
@@ -103,11 +106,35 @@ class StackingSlurmLauncher(SlurmLauncher):
         run_group = functools.partial(_execute_group, hydra_context=self.hydra_context,
                                       task_function=self.task_function, singleton_state=state)
         jobs = self._executor().map_array(run_group, range(len(groups)), [[configs[i] for i in g] for g in groups])
+        self._record(groups, jobs, configs)
         log.info(f"Submitted {sum(map(len, groups))} runs as {len(jobs)} SLURM jobs "
                  f"(array {jobs[0].job_id.split('_')[0]}); sweep output dir: {self.config.hydra.sweep.dir}")
         ended = ((k, _group_returns(job, [configs[i] for i in groups[k]]))
                  for k, job in _as_they_end(jobs, self.poll_s))
         return _with_progress(ended, groups, configs, show=self.config.trainer.progress)
+
+    @property
+    def _ledger(self) -> Path:
+        """Which SLURM job each run of this sweep folder was last submitted in."""
+        return Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "submitted.json"  # type: ignore[union-attr]
+
+    def _not_in_earlier_jobs(self, todo: list[int], configs: Sequence[DictConfig]) -> list[int]:
+        """`todo` less the runs an earlier launch submitted in a job SLURM still holds: submitting them again would
+        train one run in two jobs at once."""
+        submitted = json.loads(self._ledger.read_text()) if self._ledger.exists() else {}
+        queued = _queued_job_ids() if submitted else set()
+        jobs = {i: str(submitted.get(str(_run_dir(configs[i])))) for i in todo}
+        held = {i: job for i, job in jobs.items() if job in (queued or set())}
+        if held:
+            print(f"[bnlab] {len(held)} run{'s' * (len(held) != 1)} still in SLURM job{'s' * (len(held) != 1)} of "
+                  f"an earlier launch ({', '.join(sorted(set(held.values())))}): not submitted again", flush=True)
+        return [i for i in todo if i not in held]
+
+    def _record(self, groups: list[list[int]], jobs: list[Any], configs: Sequence[DictConfig]) -> None:
+        submitted = json.loads(self._ledger.read_text()) if self._ledger.exists() else {}
+        submitted.update({str(_run_dir(configs[i])): job.job_id for group, job in zip(groups, jobs, strict=True)
+                          for i in group})
+        self._ledger.write_text(json.dumps(submitted, indent=0, sort_keys=True))
 
     def _executor(self) -> Any:
         """submitit's executor with this config's resources, as hydra-submitit-launcher builds it."""
@@ -165,21 +192,26 @@ def _group_returns(job: Any, configs: list[DictConfig]) -> list[JobReturn]:
 
 def _as_they_end(jobs: list[Any], poll_s: float) -> Iterator[tuple[int, Any]]:
     """(index, job) for each job once it has a result or has left the queue. A job gone from squeue is given three
-    more polls for its result file to appear (a shared filesystem may show it late)."""
+    more polls for its result file to appear (a shared filesystem may show it late); a poll squeue did not answer
+    counts for nothing."""
     waiting, gone = dict(enumerate(jobs)), dict[int, int]()
     while waiting:
         queued = _queued_job_ids()
         for k, job in list(waiting.items()):
             if job.paths.result_pickle.exists() or gone.get(k, 0) >= 3:
                 yield k, waiting.pop(k)
-            elif job.job_id not in queued:
+            elif queued is not None and job.job_id not in queued:
                 gone[k] = gone.get(k, 0) + 1
         if waiting:
             time.sleep(poll_s)
 
 
-def _queued_job_ids() -> set[str]:
-    """This user's jobs that SLURM still holds (pending, running, completing, requeued), one id per array task."""
-    out = subprocess.run(["squeue", "--me", "--noheader", "--array", "--format=%i"], capture_output=True,
-                         text=True, check=True).stdout
-    return set(out.split())
+def _queued_job_ids() -> set[str] | None:
+    """This user's jobs that SLURM still holds (pending, running, completing, requeued), one id per array task;
+    None when squeue fails (a busy slurmctld times out)."""
+    squeue = subprocess.run(["squeue", f"--user={getpass.getuser()}", "--noheader", "--array", "--format=%i"],
+                            capture_output=True, text=True)
+    if squeue.returncode != 0:
+        log.warning(f"squeue failed ({squeue.stderr.strip()}); asking again in a moment")
+        return None
+    return set(squeue.stdout.split())
