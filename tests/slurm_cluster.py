@@ -3,6 +3,7 @@ run in the foreground as this test's child processes with their state, sockets a
 and stopped by their process ids. Clients find it through SLURM_CONF in the environment the fixture returns."""
 
 import contextlib
+import getpass
 import os
 import shutil
 import socket
@@ -39,7 +40,7 @@ def write_config(root: Path) -> Path:
     """slurm.conf for one node (this machine, as many CPUs as it has) and one default partition; no cgroups and no
     accounting database, so nothing outside `root` is touched."""
     ctld_port, slurmd_port = _free_ports(2)
-    host, user = socket.gethostname(), os.environ.get("USER") or "root"
+    host, user = socket.gethostname(), getpass.getuser()
     lines = [
         "ClusterName=bnlabtest", f"SlurmctldHost={host}(127.0.0.1)", f"SlurmUser={user}", f"SlurmdUser={user}",
         "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={root}/munge.socket",
@@ -85,6 +86,19 @@ def _wait_idle(env: dict, daemons: list[subprocess.Popen], root: Path, timeout: 
     raise RuntimeError(f"the test SLURM cluster did not come up within {timeout:.0f} s:{logs}")
 
 
+def _cancel_every_job(env: dict, timeout: float = 20.0) -> None:
+    """Cancel what a test left queued or running and wait for it to end: its job steps run outside the daemons'
+    process tree and would outlive them."""
+    subprocess.run(["scancel", f"--user={getpass.getuser()}"], env=env, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "--noheader", f"--user={getpass.getuser()}"], env=env, capture_output=True,
+                               text=True)
+        if queue.returncode != 0 or not queue.stdout.strip():
+            return
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def single_node_cluster(root: Path) -> Iterator[dict]:
     """Start the cluster in `root`; yield the environment its clients need; stop every daemon it started."""
@@ -102,6 +116,8 @@ def single_node_cluster(root: Path) -> Iterator[dict]:
         _wait_idle(env, daemons, root)
         yield env
     finally:
+        if len(daemons) == len(DAEMONS):
+            _cancel_every_job(env)
         for d in reversed(daemons):
             d.terminate()
         for d in reversed(daemons):
