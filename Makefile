@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SCALE ?= cpu
 EXPERIMENTS ?= $(sort $(basename $(notdir $(wildcard configs/experiment/*.yaml))))
-JOBS ?= 2
+# The sweeps (or shards of one) `make reproduce` runs at a time, one single-thread process each: one per usable core
+JOBS ?= $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 # confirmatory: fresh seeds, judged by the criteria frozen in configs/registration_$(SCALE).json (docs/method.md);
 # exploratory: each experiment's own seeds, which design the criteria and choose the rates
 STAGE ?= confirmatory
@@ -61,42 +62,63 @@ $(EXPERIMENTS): install
 # beside the exploratory results/evidence_$(SCALE).tar.xz, so that a fresh clone's `make report` recomputes every
 # number without training). `make reproduce STAGE=exploratory` retrains the exploratory seeds instead.
 # It first checks that MNIST and CIFAR-10 are where the runs will look (`python -m bnlab.data`), so
-# that missing data is one message rather than a failed sweep per experiment. It runs JOBS sweeps side by side,
-# one worker each, longest first, so that the two cores stay busy to the end instead of idling through each
-# sweep's last runs. The order is each experiment's last logged wall time (results/timing_$(SCALE).log; an
-# experiment never timed goes first: `bnlab.sweeps.longest_first` says why). Expanded in the recipe, after
-# `install` has made the environment that computes it.
-SWEEP_ORDER = $(filter $(EXPERIMENTS),$(shell $(PY) -m bnlab.sweeps order --scale $(SCALE)))
-
-# Its timing log block starts with a "[bnlab] make reproduce on <CPU>" line; bnlab.efficiency sums the
-# "[bnlab] <experiment>: N s" lines after the last one (each sweep on one core) against the runs' FLOP floor.
+# that missing data is one message rather than a failed sweep per experiment. Then it runs JOBS single-thread sweeps
+# at a time: every experiment's first stage (sweep-%), the longest chains of both stages first, each experiment's
+# second stage (more-%) starting as soon as its own first stage has ended. An experiment that would outlast the rest
+# runs in shards (sweep-fig1.0of2, sweep-fig1.1of2). `python -m bnlab.sweeps plan` chooses the shards and the order
+# from the last reproduction's logged times; bnlab/schedule.py says why, and `python -m bnlab.sweeps simulate`
+# compares the plan with the two phases it replaced.
+# Its timing log block starts with a "[bnlab] make reproduce on <CPU>" line; bnlab.efficiency sums the sweeps' and
+# shards' "[bnlab] <experiment>...: N s" lines after the last one (each on one core) against the runs' FLOP floor.
 reproduce: install
 	$(PY) -m bnlab.data
+	rm -rf .reproduce && mkdir .reproduce
+	$(PY) -m bnlab.sweeps plan --scale $(SCALE) --cores $(JOBS) --stage $(STAGE) $(EXPERIMENTS) > .reproduce/plan
 	@$(PY) -m bnlab.progress --scale $(SCALE) stage=$(STAGE) & progress=$$!; \
 	start=$$(date +%s); \
 	echo "[bnlab] make reproduce on $$($(PY) -c 'from bnlab.runlog import cpu_name; print(cpu_name())'), $(JOBS) sweeps at a time, one thread each" | tee -a results/timing_$(SCALE).log; \
-	$(MAKE) --no-print-directory -j$(JOBS) $(addprefix sweep-,$(SWEEP_ORDER)); \
-	if [ "$(STAGE)" = confirmatory ]; then \
-	  more=$$($(PY) -m bnlab.report --scale $(SCALE) --inconclusive | tail -1); \
-	  echo "[bnlab] seeds 105-109 for the experiments with an inconclusive cell: $${more:-none}"; \
-	  $(MAKE) --no-print-directory -j$(JOBS) $$(for e in $$more; do printf 'more-%s ' $$e; done) || true; \
-	fi; \
+	$(MAKE) --no-print-directory -j$(JOBS) $$(cat .reproduce/plan) $(if $(filter confirmatory,$(STAGE)),CHAINED=1) || true; \
 	kill $$progress 2>/dev/null; \
 	echo "[bnlab] all sweeps, $(JOBS) at a time: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 	$(PY) -m bnlab.report --scale $(SCALE)
 	$(PY) -m bnlab.efficiency --scale $(SCALE) --stage $(STAGE)
 	$(PY) -m bnlab.archive pack --scale $(SCALE) --stage $(STAGE)
 
+# In sweep-% and more-%, the stem names an experiment and, for a shard, which one: sweep-lr_sweep_cnn.1of4 is shard
+# 1 of 4 (hydra.launcher.shard=1/4) of lr_sweep_cnn's sweep, logged as "[bnlab] lr_sweep_cnn [shard 1/4]: N s".
+experiment = $(basename $*)
+shard = $(subst of,/,$(patsubst .%,%,$(suffix $*)))
+shard_args = $(if $(shard),hydra.launcher.shard=$(shard))
+shard_tag = $(if $(shard), [shard $(shard)])
+shards = $(or $(lastword $(subst /, ,$(shard))),1)
+second_stage = $(if $(shard),$(foreach i,$(shell seq 0 $$(($(shards) - 1))),more-$(experiment).$(i)of$(shards)),more-$(experiment))
+
+# One experiment's first-stage sweep on one worker, or a shard of it. In `make reproduce` (CHAINED=1) the last of
+# an experiment's first-stage units to end (.reproduce/ counts them) goes on with its second stage, every shard of
+# it, in a make of its own whose jobs take cores from the same -j pool as they free.
 sweep-%:
 	@start=$$(date +%s); \
-	$(call sweep,$*,1); \
-	echo "[bnlab] $*: $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
+	$(call sweep,$(experiment),1,$(shard_args)); \
+	echo "[bnlab] $(experiment)$(shard_tag): $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
+	@if [ -n "$(CHAINED)" ]; then \
+	  mkdir -p .reproduce/$(experiment) && touch .reproduce/$(experiment)/$*; \
+	  if [ $$(ls .reproduce/$(experiment) | wc -l) -eq $(shards) ] && mkdir .reproduce/$(experiment).more 2>/dev/null; \
+	  then $(MAKE) --no-print-directory $(second_stage); fi; \
+	fi
 
-# The second stage of a confirmatory sweep: seeds 105-109 beside 100-104 (those are finished and skipped).
+# The second stage of a confirmatory sweep: seeds 105-109 (only those: a shard then shares their training, not
+# finished runs of seeds 100-104). In `make reproduce` (CHAINED=1) it first asks whether the first seeds left a cell
+# of the experiment undecided (~10 s; each shard asks for itself) and trains only if so; a check that fails trains.
 more-%:
-	@start=$$(date +%s); \
-	$(call sweep,$*,1,'seed=range(100,110)'); \
-	echo "[bnlab] $* (seeds 105-109): $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
+	@if [ -n "$(CHAINED)" ]; then \
+	  out=$$($(PY) -m bnlab.report --scale $(SCALE) --inconclusive $(experiment)) \
+	    || { echo "[bnlab] the check of $(experiment) failed (above): its seeds 105-109 train"; out=$(experiment); }; \
+	  if [ -z "$$(printf '%s\n' "$$out" | tail -1)" ]; then \
+	    echo "[bnlab] $(experiment)$(shard_tag): decided on seeds 100-104"; exit 0; fi; \
+	fi; \
+	start=$$(date +%s); \
+	$(call sweep,$(experiment),1,'seed=range(105,110)' $(shard_args)); \
+	echo "[bnlab] $(experiment) (seeds 105-109)$(shard_tag): $$(( $$(date +%s) - start )) s" | tee -a results/timing_$(SCALE).log
 
 # Freeze every criterion, the confirmatory seeds and the best rates chosen on the exploratory runs; commit the file
 # alone, then `make reproduce`.

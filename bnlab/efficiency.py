@@ -13,7 +13,6 @@ their FLOPs but not their time, so its ratio reads high.
 import argparse
 import functools
 import json
-import re
 import time
 from pathlib import Path
 from typing import cast
@@ -29,9 +28,7 @@ from bnlab.data import SYNTHETIC, load
 from bnlab.models import build_model
 from bnlab.runlog import CONFIG, METRICS, SUMMARY, cpu_name
 from bnlab.stepping import LOSSES
-
-HEADER = "[bnlab] make reproduce on "  # the line that starts each reproduction's block in the timing log
-SWEEP_TIME = re.compile(r"^\[bnlab\] (\w+)(?: \(seeds [\d-]+\))?: (\d+) s$")  # a sweep, or its second stage
+from bnlab.sweeps import TIME_LINE, last_block
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -137,11 +134,9 @@ def reproduction_flops(runs_csv: Path, out_root: Path, stage: str = "exploratory
 
 
 def core_seconds(log: Path) -> float:
-    """The sum of the per-experiment sweep times of the last `make reproduce` in the timing log."""
-    lines = log.read_text().splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith(HEADER)]
-    block = lines[starts[-1] + 1:] if starts else lines
-    return float(sum(int(m.group(2)) for line in block if (m := SWEEP_TIME.match(line))))
+    """The sum of the sweep times (whole sweeps, second stages and shards of either) of the last
+    `make reproduce` in the timing log."""
+    return float(sum(int(m[5]) for m in map(TIME_LINE.match, last_block(log.read_text().splitlines())) if m))
 
 
 def main() -> None:

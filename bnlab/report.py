@@ -221,20 +221,14 @@ def analyse_stages(scale: str, out_dir: Path, overrides: Sequence[str] = (), fig
     frozen rates), and the registration check. Figures and tables come from the confirmatory runs where there
     are any."""
     configs = {name: experiment_config(name, scale, overrides) for name in experiment_names()}
-    roots = {s: runs_root(scale, s, overrides) for s in ("exploratory", "confirmatory")}
-    has_confirmatory = any(roots["confirmatory"].glob("*/*/config.yaml"))
-    path = registration_path(scale)
-    freeze = freeze_commit(path)
-    frozen = committed(path, freeze) if freeze else None  # as committed: an edit since is no registration
-    exploratory, confirmatory = Stage("exploratory"), Stage("confirmatory")
+    has_confirmatory = any(runs_root(scale, "confirmatory", overrides).glob("*/*/config.yaml"))
+    path, freeze, frozen = frozen_registration(scale)
+    exploratory = Stage("exploratory")
     scratch = Path(tempfile.mkdtemp())
-    run_stage(exploratory, configs, scale, roots["exploratory"],
+    run_stage(exploratory, configs, scale, runs_root(scale, "exploratory", overrides),
               out_dir if figures and not has_confirmatory else scratch, overrides)
-    if has_confirmatory:
-        run_stage(confirmatory, configs, scale, roots["confirmatory"], out_dir if figures else scratch,
-                  [*overrides, "stage=confirmatory", f"seed=range({CONFIRMATORY_SEEDS[0]},"
-                                                     f"{CONFIRMATORY_SEEDS[-1] + 1})"],
-                  frozen_rates=(frozen or {}).get("rates", {}))
+    confirmatory = confirmatory_stage(configs, scale, out_dir if figures else scratch, overrides, frozen) \
+        if has_confirmatory else Stage("confirmatory")
     now = registration(configs, exploratory.rates)
     runs = pd.concat(confirmatory.runs) if confirmatory.runs else pd.DataFrame()
     seeds = {int(s) for r in exploratory.runs for s in r.seed}
@@ -245,6 +239,24 @@ def analyse_stages(scale: str, out_dir: Path, overrides: Sequence[str] = (), fig
     problems += [f"seeds {CONFIRMATORY_SEEDS[FIRST_SEEDS]}-{CONFIRMATORY_SEEDS[-1]} not trained for experiments "
                  f"with an undecided cell: {', '.join(missing)}"] if missing else []
     return Stages(configs, exploratory, confirmatory, now, frozen, freeze, problems, missing)
+
+
+def frozen_registration(scale: str) -> tuple[Path, str | None, dict | None]:
+    """The registration file, its freeze commit and its content as committed there (an edit since is no
+    registration)."""
+    path = registration_path(scale)
+    freeze = freeze_commit(path)
+    return path, freeze, committed(path, freeze) if freeze else None
+
+
+def confirmatory_stage(configs: dict, scale: str, out_dir: Path, overrides: Sequence[str],
+                       frozen: dict | None) -> Stage:
+    """The confirmatory runs of the experiments in `configs`, judged at the frozen rates."""
+    stage = Stage("confirmatory")
+    run_stage(stage, configs, scale, runs_root(scale, "confirmatory", overrides), out_dir,
+              [*overrides, "stage=confirmatory", f"seed=range({CONFIRMATORY_SEEDS[0]},{CONFIRMATORY_SEEDS[-1] + 1})"],
+              frozen_rates=(frozen or {}).get("rates", {}))
+    return stage
 
 
 def second_stage_missing(configs: dict, confirmatory: Stage, frozen: dict | None) -> list[str]:
@@ -297,11 +309,19 @@ def write_pages(out_dir: Path, pages: dict[str, str]) -> None:
         atomic_write_text(folder / f"{name}.md", text)
 
 
-def inconclusive(scale: str, overrides: Sequence[str] = ()) -> list[str]:
+def inconclusive(scale: str, overrides: Sequence[str] = (), only: Sequence[str] | None = None) -> list[str]:
     """The experiments that need the second confirmatory stage (a claim with a cell inconclusive on its first
     seeds), cheapest first by their last logged sweep time, so that an interrupted second stage has finished the
-    most experiments."""
-    names = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False).second_stage_missing
+    most experiments. `only`: of these experiments, from their confirmatory runs alone, as `make reproduce` asks
+    of each experiment once its first seeds are done (the exploratory runs and the other experiments do not
+    decide it, and analysing them all takes minutes)."""
+    if only is None:
+        names = analyse_stages(scale, Path(tempfile.mkdtemp()), overrides, figures=False).second_stage_missing
+    else:
+        configs = {name: experiment_config(name, scale, overrides) for name in only}
+        frozen = frozen_registration(scale)[2]
+        names = second_stage_missing(configs, confirmatory_stage(configs, scale, Path(tempfile.mkdtemp()),
+                                                                 overrides, frozen), frozen)
     seconds = sweep_seconds(scale)
     return sorted(names, key=lambda n: seconds.get(n, 10**9))
 
@@ -546,12 +566,14 @@ def main() -> None:
                         "(default results/evidence_<scale>.tar.xz)")
     parser.add_argument("--wandb", default="disabled", choices=("disabled", "offline", "online"),
                         help="also log REPORT.md, figures and tables to wandb as an artifact")
-    parser.add_argument("--inconclusive", action="store_true", help="print (last line) the experiments with a "
-                        "claim's cell inconclusive on the first confirmatory seeds, and write nothing")
+    parser.add_argument("--inconclusive", nargs="*", metavar="EXPERIMENT", choices=experiment_names(),
+                        help="print (last line) the experiments (of those named; none named: all) with a claim's "
+                        "cell inconclusive on the first confirmatory seeds, and write nothing; overrides go "
+                        "before it")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. out_root=/elsewhere data.root=/data")
     args = parser.parse_args()
-    if args.inconclusive:
-        print(" ".join(inconclusive(args.scale, args.overrides)))
+    if args.inconclusive is not None:
+        print(" ".join(inconclusive(args.scale, args.overrides, args.inconclusive or None)))
         return
     out_dir = args.out_dir or report_dir(args.scale)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """An experiment's sweep as Hydra expands it: its composed config, its jobs, which run directory is which job,
 the identity `train` gives each job under the config files as they are now, and which runs on disk are its
-current jobs (`sweep_runs`, what the report analyses); the progress line counts the jobs. Also the order
-`make reproduce` starts the sweeps in, from their logged wall times:
+current jobs (`sweep_runs`, what the report analyses); the progress line counts the jobs. Also a sweep's shards
+(`assign_shards`: which of n processes trains which of its jobs), the sweeps' logged wall times, and what
+`make reproduce` does with them (`bnlab.schedule`):
 
-  python -m bnlab.sweeps order [--scale cpu]
+  python -m bnlab.sweeps plan --scale cpu --cores 16 [NAMES]  the targets `make reproduce` runs on that many cores
+  python -m bnlab.sweeps simulate [--scale cpu]               the plan and the two phases it replaced, on 2-16 cores
 """
 
 import argparse
@@ -107,28 +109,88 @@ def sweep_runs(name: str, scale: str, root: Path, overrides: list[str]) -> pd.Da
     return on_disk.drop(columns="job_overrides")
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """hydra.launcher.shard: "i/n" is shard i of n (0 <= i < n); None, the whole sweep."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", str(text).strip())
+    if not m or int(m[1]) >= int(m[2]):
+        raise ValueError(f"hydra.launcher.shard={text} is not a shard of a sweep: write i/n with 0 <= i < n, "
+                         "e.g. hydra.launcher.shard=0/4 for the first of four")
+    return int(m[1]), int(m[2])
+
+
+def assign_shards(costs: Sequence[float], n: int) -> list[int]:
+    """Each group's shard of n, by longest processing time: the costliest group first, each to the shard with the
+    least cost so far (ties: the lower group, the lower shard). A pure function of the groups' costs, so every
+    shard's process, which forms the same groups from the same configs, gets the same answer."""
+    load, shard = [0.0] * n, [0] * len(costs)
+    for g in sorted(range(len(costs)), key=lambda g: (-costs[g], g)):
+        shard[g] = min(range(n), key=lambda s: (load[s], s))
+        load[shard[g]] += costs[g]
+    return shard
+
+
+# A sweep's wall time in the timing log: "[bnlab] <experiment>[ (seeds 105-109)][ [shard i/n]]: N s"
+TIME_LINE = re.compile(r"^\[bnlab\] (\w+)( \(seeds [\d-]+\))?(?: \[shard (\d+)/(\d+)\])?: (\d+) s$")
+HEADER = "[bnlab] make reproduce on "  # the line that starts each reproduction's block in the timing log
+
+
+def timing_log(scale: str) -> list[str]:
+    log = REPO_ROOT / "results" / f"timing_{scale}.log"
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def last_block(lines: list[str]) -> list[str]:
+    """The lines of the last `make reproduce` in a timing log (after its header line; all of them without one)."""
+    starts = [i for i, line in enumerate(lines) if line.startswith(HEADER)]
+    return lines[starts[-1] + 1:] if starts else lines
+
+
+def logged_seconds(lines: list[str]) -> dict[tuple[str, bool], int]:
+    """{(experiment, second stage?): seconds}, each sweep's last time in these timing-log lines: a whole sweep's
+    line, or the sum of its shards' lines since it was last logged whole or in another number of shards (a shard
+    logged twice starts a new set; a set not yet complete counts as its mean shard times n)."""
+    out: dict[tuple[str, bool], int] = {}
+    shards: dict[tuple[str, bool], tuple[int, dict[int, int]]] = {}
+    for m in filter(None, map(TIME_LINE.match, lines)):
+        key, seconds = (m[1], m[2] is not None), int(m[5])
+        if m[3] is None:
+            out[key] = seconds
+            shards.pop(key, None)
+            continue
+        i, n = int(m[3]), int(m[4])
+        if key not in shards or shards[key][0] != n or i in shards[key][1]:
+            shards[key] = (n, {})
+        shards[key][1][i] = seconds
+        out[key] = round(sum(shards[key][1].values()) * n / len(shards[key][1]))
+    return out
+
+
 def sweep_seconds(scale: str) -> dict[str, int]:
     """Each experiment's wall time in seconds, as the last "[bnlab] <experiment>: N s" line of
-    results/timing_<scale>.log gives it (a whole sweep on one core; second-stage lines are not these)."""
-    log = REPO_ROOT / "results" / f"timing_{scale}.log"
-    lines = log.read_text().splitlines() if log.is_file() else []
-    return {m[1]: int(m[2]) for line in lines if (m := re.match(r"^\[bnlab\] (\w+): (\d+) s$", line))}
-
-
-def longest_first(names: list[str], scale: str) -> list[str]:
-    """`names` in the order `make reproduce` starts their sweeps: an experiment never timed first (its wall time
-    is unknown, so it may be the longest: started last, it could leave one core working alone at the end), then
-    the timed ones, longest first, so that the cores stay busy to the end."""
-    seconds = sweep_seconds(scale)
-    return sorted(names, key=lambda n: (n in seconds, -seconds.get(n, 0), n))
+    results/timing_<scale>.log gives it (a whole sweep on one core), or its shards' lines add up to (second-stage
+    lines are not these)."""
+    return {name: s for (name, second), s in logged_seconds(timing_log(scale)).items() if not second}
 
 
 def main() -> None:
+    from bnlab import schedule
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("order",), help="order: print every experiment, longest sweep first")
+    parser.add_argument("command", choices=("plan", "simulate"))
     parser.add_argument("--scale", default="cpu", help="whose timing log to read (results/timing_<scale>.log)")
+    parser.add_argument("--cores", type=int, default=2, help="plan: the sweeps make runs at a time")
+    parser.add_argument("--stage", default="confirmatory", choices=("exploratory", "confirmatory"),
+                        help="plan: an exploratory reproduction has no second stage")
+    parser.add_argument("names", nargs="*", help="plan: these experiments (default: every one)")
     args = parser.parse_args()
-    print(" ".join(longest_first(experiment_names(), args.scale)))
+    names = args.names or experiment_names()
+    if args.command == "plan":
+        units = schedule.plan(names, args.scale, args.cores, args.stage == "confirmatory")
+        print(" ".join(u.name for u in units if not u.deps))  # the first-stage units: they start the rest
+    else:
+        print(schedule.simulation_table(args.scale))
 
 
 if __name__ == "__main__":

@@ -201,10 +201,10 @@ def test_a_run_that_predates_a_config_key_reads_as_its_default(data_root, tmp_pa
     assert (row["norm.last_layers"], row["model.residual"], row["norm.name"]) == (0, False, "batch")
 
 
-def test_make_reproduce_starts_sweeps_longest_first_by_the_timing_log(tmp_path, monkeypatch):
-    """The order comes from each experiment's last logged wall time (second-stage lines are other sweeps); an
-    experiment never timed goes first, since it may be the longest."""
-    from bnlab import sweeps
+def test_make_reproduce_starts_the_longest_chains_first_by_the_timing_log(tmp_path, monkeypatch):
+    """The order comes from each experiment's last logged wall times, its first stage and its second (another
+    sweep, logged apart); an experiment never timed goes first, since it may be the longest."""
+    from bnlab import schedule, sweeps
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "timing_cpu.log").write_text(
@@ -212,4 +212,6 @@ def test_make_reproduce_starts_sweeps_longest_first_by_the_timing_log(tmp_path, 
         "[bnlab] cifar: 30 s\n[bnlab] all sweeps, 2 at a time: 180 s\n")
     monkeypatch.setattr(sweeps, "REPO_ROOT", tmp_path)
     assert sweeps.sweep_seconds("cpu") == {"fig1": 10, "dln": 50, "cifar": 30}
-    assert sweeps.longest_first(["cifar", "dln", "fig1", "new_one"], "cpu") == ["new_one", "dln", "cifar", "fig1"]
+    first, second = schedule.stage_seconds(sweeps.timing_log("cpu"))
+    units = schedule.plan_units(["cifar", "dln", "fig1", "new_one"], first, second, {}, {})
+    assert [u.name for u in units if not u.deps] == ["sweep-new_one", "sweep-dln", "sweep-cifar", "sweep-fig1"]

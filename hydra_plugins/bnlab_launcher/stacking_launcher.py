@@ -9,6 +9,7 @@ files, as if it had trained alone.
 
 import logging
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 class StackingLauncherConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.bnlab_launcher.stacking_launcher.StackingLauncher"
     max_stack: int = 32  # per-model speed stops growing around here (K = 16-64 measured alike)
+    # "i/n": train only shard i of n, whole stacks split by expected cost (`bnlab.sweeps.assign_shards`), so that
+    # n processes with the same n_jobs share one sweep and together train exactly its jobs
+    shard: str | None = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=StackingLauncherConf,
@@ -43,13 +47,18 @@ ConfigStore.instance().store(group="hydra/launcher", name="bnlab_joblib", node=S
 class StackingLauncher(JoblibLauncher):
     checks_jobs_before_launch = True  # ComposeOnceSweeper: no second compose pass before the launch
 
-    def __init__(self, max_stack: int = 32, **joblib: Any) -> None:
+    def __init__(self, max_stack: int = 32, shard: str | None = None, **joblib: Any) -> None:
         super().__init__(**joblib)
-        self.max_stack = max_stack
+        self.max_stack, self.shard = max_stack, shard
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        from bnlab.sweeps import parse_shard
         from bnlab.train import preflight
 
+        try:
+            shard = parse_shard(self.shard)
+        except ValueError as e:
+            sys.exit(f"[bnlab] {e}")
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -64,8 +73,8 @@ class StackingLauncher(JoblibLauncher):
             preflight(list(configs))  # an invalid config or missing data: one message, not a traceback per job
             for config in configs:  # one bar for the sweep (below), none per run
                 config.trainer.progress = False
-            groups = self._groups(keys)
-            log.info(f"Launching {len(configs)} runs as {len(groups)} jobs on "
+            groups, how = _in_shard(self._groups(keys), configs, shard)
+            log.info(f"Launching {sum(map(len, groups))} runs{how} as {len(groups)} jobs on "
                      f"{joblib.get('n_jobs')} workers; sweep output dir: {self.config.hydra.sweep.dir}")
             results = parallel(delayed(_execute_group)(k, [configs[i] for i in group], self.hydra_context,
                                                        self.task_function, singleton_state)
@@ -75,8 +84,9 @@ class StackingLauncher(JoblibLauncher):
         for group, group_returns in zip(groups, by_group, strict=True):
             for i, ret in zip(group, group_returns, strict=True):
                 returns[i] = ret
-        print(sweep_tally(returns), flush=True)  # type: ignore[arg-type]
-        return returns  # type: ignore[return-value]
+        trained = [ret for ret in returns if ret is not None]  # in the jobs' order; a shard's jobs only
+        print(sweep_tally(trained, how), flush=True)
+        return trained
 
     def _groups(self, keys: Sequence[str | None]) -> list[list[int]]:
         return stack_groups(keys, self.max_stack, workers=max(1, int(self.joblib.get("n_jobs") or 1)))
@@ -98,6 +108,19 @@ def stack_groups(keys: Sequence[str | None], max_stack: int, workers: int) -> li
         chunks = math.ceil(len(members) / size)
         groups += [members[c::chunks] for c in range(chunks)]  # interleaved: fast and slow runs mixed
     return sorted(groups, key=min)
+
+
+def _in_shard(groups: list[list[int]], configs, shard: tuple[int, int] | None) -> tuple[list[list[int]], str]:
+    """The groups shard (i, n) trains, assigned by their runs' summed `bnlab.efficiency.expected_cost`, and how
+    the sweep's tally names the shard; no shard: every group."""
+    from bnlab.efficiency import expected_cost
+    from bnlab.sweeps import assign_shards
+
+    if shard is None:
+        return groups, ""
+    i, n = shard
+    owner = assign_shards([sum(expected_cost(configs[k]) for k in group) for group in groups], n)
+    return [group for group, s in zip(groups, owner, strict=True) if s == i], f" (shard {i} of {n})"
 
 
 @dataclass
