@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--stage", default="confirmatory", choices=("exploratory", "confirmatory"),
                         help="plan: an exploratory reproduction has no second stage")
     parser.add_argument("names", nargs="*", help="plan: these experiments (default: every one)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # the names after the options, as the Makefile passes them
     names = args.names or experiment_names()
     if args.command == "plan":
         units = schedule.plan(names, args.scale, args.cores, args.stage == "confirmatory")

@@ -154,14 +154,14 @@ def test_two_shards_of_a_sweep_train_disjoint_whole_stacks_that_make_up_the_swee
         before = {p.parent.name for p in runs.glob("*/summary.json")}
         r = run_cli([*sweep, f"hydra.launcher.shard={i}/2"])
         assert r.returncode == 0, r.stderr
-        assert f"[bnlab] sweep of 2 runs (shard {i} of 2): 2 finished, 0 diverged, 0 failed" in r.stdout
+        assert f"[bnlab] sweep of 2 runs (shard {i} of 2) as 1 job: 2 finished, 0 diverged, 0 failed" in r.stdout
         trained.append({p.parent.name for p in runs.glob("*/summary.json")} - before)
     assert len(trained[0]) == len(trained[1]) == 2 and not trained[0] & trained[1]
     for names in trained:  # one norm's stack of two seeds each: a shard splits the sweep between stacks
         assert len({name.split(",")[0] for name in names}) == 1
         assert all(json.loads((runs / name / "summary.json").read_text())["stack_size"] == 2 for name in names)
     whole = run_cli([*sweep])  # the sweep unsharded: its four jobs, all finished by the two shards
-    assert "[bnlab] sweep of 4 runs: 4 finished" in whole.stdout
+    assert "[bnlab] sweep of 4 runs as 2 jobs: 4 finished" in whole.stdout
     assert {p.parent.name for p in runs.glob("*/summary.json")} == trained[0] | trained[1]
     bad = run_cli([*sweep, "hydra.launcher.shard=2/2"], env_extra={"HYDRA_FULL_ERROR": "0"})
     assert bad.returncode != 0 and "hydra.launcher.shard=2/2 is not a shard of a sweep" in bad.stderr
@@ -183,3 +183,10 @@ def test_the_check_of_one_experiment_answers_as_the_check_of_every_experiment(da
     assert report.inconclusive("smoke", common) == ["gamma_beta"]
     assert report.inconclusive("smoke", common, only=["gamma_beta"]) == ["gamma_beta"]
     assert report.inconclusive("smoke", common, only=["dln"]) == []
+
+
+def test_the_plan_command_takes_the_experiments_after_its_options_as_the_makefile_passes_them():
+    r = run_cli(["bnlab.sweeps", "plan", "--scale", "cpu", "--cores", "2", "--stage", "confirmatory", "dln", "fig1"])
+    assert r.returncode == 0, r.stderr
+    # these two alone: fig1's chain (613 + 1520 s logged) outlasts half their work, so it runs in two shards, first
+    assert r.stdout.split() == ["sweep-fig1.0of2", "sweep-fig1.1of2", "sweep-dln"]
