@@ -34,7 +34,7 @@ def test_two_job_multirun_with_joblib(data_root, tmp_path):
     for d in dirs:
         s = json.loads((tmp_path / "cpu" / "adhoc" / d / "summary.json").read_text())
         assert s["status"] == "finished" and s["threads"] == 1  # one thread per parallel job
-    assert "[bnlab] sweep of 2 runs: 2 finished, 0 diverged, 0 failed" in r.stdout
+    assert "[bnlab] sweep of 2 runs as 2 jobs: 2 finished, 0 diverged, 0 failed" in r.stdout
     bar = r.stderr.replace("\r", "\n").splitlines()
     assert any(line.startswith("sweep: 100%|") and "2/2 runs" in line for line in bar)  # one bar, by cost
     assert not any(line.lstrip().startswith(("norm=", "0%")) for line in bar)  # no bar per run

@@ -92,7 +92,7 @@ def test_one_failing_job_does_not_sink_the_sweep(data_root, tmp_path):
     assert "corrupt or truncated" in failed.error
     # the sweep ends with its tally, the failed runs named by their folders
     tally = r.stdout[r.stdout.index("[bnlab] sweep of 4 runs"):].splitlines()
-    assert tally[0] == "[bnlab] sweep of 4 runs: 2 finished, 0 diverged, 2 failed"
+    assert tally[0] == "[bnlab] sweep of 4 runs as 2 jobs: 2 finished, 0 diverged, 2 failed"
     assert sorted(line.split("/")[-1] for line in tally[1:3]) == sorted(runs[runs.status == "failed"].path.str[-1:])
     assert all(line.startswith("[bnlab]   failed: ") for line in tally[1:3])
     assert "DataError" in (tmp_path / "out" / "cpu" / "adhoc" / failed.path.split("/")[-1] / "error.txt").read_text()

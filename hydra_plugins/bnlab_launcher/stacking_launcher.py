@@ -85,7 +85,7 @@ class StackingLauncher(JoblibLauncher):
             for i, ret in zip(group, group_returns, strict=True):
                 returns[i] = ret
         trained = [ret for ret in returns if ret is not None]  # in the jobs' order; a shard's jobs only
-        print(sweep_tally(trained, how), flush=True)
+        print(sweep_tally(trained, f"{how} as {len(groups)} job{'s' * (len(groups) != 1)}"), flush=True)
         return trained
 
     def _groups(self, keys: Sequence[str | None]) -> list[list[int]]:
