@@ -8,7 +8,8 @@ launcher gives it.
 
 Jobs are followed with `squeue`, not `sacct`, so a cluster without job accounting works too. A job that ends
 without a result (scancel, its time limit, a failed node) is a failed job; its runs resume from their checkpoints
-when the sweep is run again.
+when the sweep is run again. A run that an earlier launch's job still holds is not submitted again
+(`<sweep>/.submitit/submitted.json` says which job each run went to).
 """
 
 import functools
