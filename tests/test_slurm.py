@@ -3,12 +3,15 @@ says, what a rerun submits, how a cancelled job resumes, and that a bad config s
 
 import json
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from bnlab.config import REPO_ROOT
+from tests.conftest import cli_environment, run_cli
 from tests.slurm_cluster import missing, single_node_cluster
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=f"no SLURM here: {missing()}")
@@ -26,9 +29,13 @@ def cluster(tmp_path_factory) -> dict:
         yield env
 
 
+def slurm_sweep(data_root: Path, out_root: Path, extra: Sequence[str]) -> list[str]:
+    return [*SWEEP, *SLURM, f"data.root={data_root}", f"out_root={out_root}", *extra]
+
+
 def sweep(cluster: dict, data_root: Path, out_root: Path, *extra: str, timeout: int = 240):
-    return run_cli([*SWEEP, *SLURM, f"data.root={data_root}", f"out_root={out_root}", *extra],
-                   env_extra={"SLURM_CONF": cluster["SLURM_CONF"]}, timeout=timeout)
+    return run_cli(slurm_sweep(data_root, out_root, extra), env_extra={"SLURM_CONF": cluster["SLURM_CONF"]},
+                   timeout=timeout)
 
 
 def jobs_submitted(folder: Path) -> set[str]:
@@ -143,15 +150,10 @@ def test_a_bad_config_is_refused_before_anything_is_submitted(cluster, data_root
 
 
 def _start_sweep(cluster: dict, data_root: Path, out_root: Path, extra: list[str]) -> subprocess.Popen:
-    import os
-    import sys
-
-    from tests.conftest import cli_environment
-
-    args = [*SWEEP, *SLURM, f"data.root={data_root}", f"out_root={out_root}", *extra]
-    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**cli_environment(), "SLURM_CONF": cluster["SLURM_CONF"]},
-                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    """`sweep` in the background, for a test that acts on its jobs while it waits on them."""
+    return subprocess.Popen([sys.executable, "-m", *slurm_sweep(data_root, out_root, extra)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            env={**cli_environment(), "SLURM_CONF": cluster["SLURM_CONF"]})
 
 
 def _wait_for(condition, child: subprocess.Popen, what: str, timeout: float = 120.0) -> None:

@@ -119,10 +119,13 @@ class StackingSlurmLauncher(SlurmLauncher):
         """Which SLURM job each run of this sweep folder was last submitted in."""
         return Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "submitted.json"  # type: ignore[union-attr]
 
+    def _submitted(self) -> dict[str, str]:
+        return json.loads(self._ledger.read_text()) if self._ledger.exists() else {}
+
     def _not_in_earlier_jobs(self, todo: list[int], configs: Sequence[DictConfig]) -> list[int]:
         """`todo` less the runs an earlier launch submitted in a job SLURM still holds: submitting them again would
         train one run in two jobs at once."""
-        submitted = json.loads(self._ledger.read_text()) if self._ledger.exists() else {}
+        submitted = self._submitted()
         queued = _queued_job_ids() if submitted else set()
         jobs = {i: str(submitted.get(str(_run_dir(configs[i])))) for i in todo}
         held = {i: job for i, job in jobs.items() if job in (queued or set())}
@@ -132,7 +135,7 @@ class StackingSlurmLauncher(SlurmLauncher):
         return [i for i in todo if i not in held]
 
     def _record(self, groups: list[list[int]], jobs: list[Any], configs: Sequence[DictConfig]) -> None:
-        submitted = json.loads(self._ledger.read_text()) if self._ledger.exists() else {}
+        submitted = self._submitted()
         submitted.update({str(_run_dir(configs[i])): job.job_id for group, job in zip(groups, jobs, strict=True)
                           for i in group})
         self._ledger.write_text(json.dumps(submitted, indent=0, sort_keys=True))
